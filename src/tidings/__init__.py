@@ -1,0 +1,1 @@
+"""Tidings: a self-hosted customer engagement platform."""

@@ -1,0 +1,75 @@
+"""Settings read from `TIDINGS_*` environment variables; nothing else reads os.environ."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of a Tidings install, documented in the README."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./var/tidings.db",
+        description="SQLAlchemy URL of the main database (SQLite file or postgresql+psycopg://).",
+    )
+    inbox_url: str | None = Field(
+        default=None,
+        description=(
+            "Where acknowledged raw messages are committed before processing. Defaults to a "
+            "second SQLite file beside a SQLite database (so acknowledging never waits for the "
+            "processor's write lock) and to the main database on PostgreSQL."
+        ),
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = Field(
+        default=None, description="Base URL clients reach Tidings at (for links and settings)."
+    )
+    log_level: str = "INFO"
+    inbox_sync: Literal["full", "normal"] = Field(
+        default="full",
+        description="SQLite inbox fsync policy: full survives power loss, normal survives crashes.",
+    )
+    processor_chunk: int = Field(default=2000, ge=1, le=20000)
+    processor_idle_seconds: float = Field(default=0.05, gt=0)
+    accepted_log_retention_hours: int = Field(
+        default=72, ge=24, description="How long accepted messages stay in the message log."
+    )
+    rejected_log_retention_days: int = Field(
+        default=0, ge=0, description="Days to keep dropped/rejected/failed messages (0 = keep)."
+    )
+    max_clock_skew_days: int = Field(
+        default=0, ge=0, description="Reserved: 0 applies Segment's clock-skew correction as is."
+    )
+    cors_origins: str = Field(
+        default="*", description="Origins allowed to call /v1/* from browsers."
+    )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def effective_inbox_url(self) -> str:
+        """The inbox database URL: explicit, else beside the SQLite file, else the main database."""
+        if self.inbox_url:
+            return self.inbox_url
+        if self.is_sqlite:
+            path = self.database_url.split("///", 1)[1]
+            if path in ("", ":memory:"):
+                return self.database_url
+            p = Path(path)
+            return f"sqlite:///{p.with_name(p.stem + '-inbox' + (p.suffix or '.db'))}"
+        return self.database_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests clear the cache to change them)."""
+    return Settings()

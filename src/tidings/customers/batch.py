@@ -1,0 +1,692 @@
+"""Applying many profile changes at once: the working set behind the ingestion processor.
+
+A ProfileBatch loads every customer a chunk of messages can touch in a few queries, applies the
+messages in order in memory (identity resolution, merges, traits, events, charges, groups,
+audiences), then writes everything back with bulk statements. Only the caller commits.
+
+Identity rules (DESIGN.md): find by userId, else by email, else by a known anonymousId, else
+create (when the project's identity policy allows). A message carrying an anonymousId known for
+another, anonymous profile merges that profile into the identified one; the identified side's
+traits win. Retired ids (an alias's previousId) keep pointing at the surviving profile.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import bindparam, delete, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from tidings import clock
+from tidings.clock import isoformat
+from tidings.customers.models import (
+    MONEY_UNIT,
+    AnonymousId,
+    Charge,
+    Customer,
+    CustomerGroup,
+    Event,
+    EventCatalog,
+    Group,
+    TraitCatalog,
+)
+from tidings.customers.traits import infer_type
+from tidings.db import table_of
+from tidings.db.upsert import upsert
+
+_IN_CHUNK = 500  # stays far below every database's bound-parameter limit
+
+
+def _chunks(values: Iterable[Any]) -> Iterable[list[Any]]:
+    items = list(values)
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start : start + _IN_CHUNK]
+
+
+@dataclass(eq=False, slots=True)
+class Profile:
+    """A customer while a batch works on it."""
+
+    id: int | None
+    user_id: str | None
+    email: str | None
+    name: str | None
+    traits: dict[str, Any]
+    audiences: dict[str, Any]
+    ltv_units: int
+    revenue_by_currency: dict[str, Any]
+    charge_count: int
+    last_charge_at: datetime | None
+    first_seen: datetime
+    last_seen: datetime
+    created_at: datetime
+    original_keys: frozenset[str] = frozenset()
+    dirty: bool = False
+    deleted: bool = False
+    merged_into: Profile | None = None
+
+    def final(self) -> Profile:
+        """The profile this one ended up as after merges."""
+        p = self
+        while p.merged_into is not None:
+            p = p.merged_into
+        return p
+
+    def touch(self, at: datetime, *, active: bool = True) -> None:
+        if at < self.first_seen:
+            self.first_seen = at
+        if active and at > self.last_seen:
+            self.last_seen = at
+        self.dirty = True
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A project's identity policy (see auth.models.Project)."""
+
+    require_email_to_create: bool = False
+    require_user_id: bool = False
+    unknown_user_track: str = "create"
+    revenue_as_charge: bool = True
+
+
+class Dropped(Exception):
+    """The project's identity policy refuses this message; the reason is shown to the user."""
+
+
+@dataclass(slots=True)
+class _Rows:
+    events: list[tuple[Profile, dict[str, Any]]] = field(default_factory=list)
+    charges: list[tuple[Profile, dict[str, Any]]] = field(default_factory=list)
+    aliases: list[tuple[Profile, str]] = field(default_factory=list)
+    group_links: list[tuple[Profile, str, datetime]] = field(default_factory=list)
+    merges: list[tuple[int, Profile]] = field(default_factory=list)
+    deletes: list[int] = field(default_factory=list)
+
+
+class ProfileBatch:
+    """The working set of one project's customers for one chunk of messages."""
+
+    def __init__(self, project_id: int, policy: Policy) -> None:
+        self.project_id = project_id
+        self.policy = policy
+        self.by_user: dict[str, Profile] = {}
+        self.by_email: dict[str, Profile] = {}
+        self.by_alias: dict[str, Profile] = {}
+        self.profiles: list[Profile] = []
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.group_ids: dict[str, int] = {}
+        self.rows = _Rows()
+        self.event_catalog: dict[tuple[str, str], dict[str, Any]] = {}
+        self.trait_sightings: dict[str, tuple[str, datetime]] = {}
+
+    # -- loading -------------------------------------------------------------------------
+
+    def load(
+        self,
+        session: Session,
+        *,
+        user_ids: set[str],
+        emails: set[str],
+        aliases: set[str],
+        group_ids: set[str],
+    ) -> None:
+        """Fetch every customer and group these identifiers can reach."""
+        pid = self.project_id
+        ids: set[int] = set()
+        alias_of: dict[str, int] = {}
+        for part in _chunks(aliases):
+            for alias, cid in session.execute(
+                select(AnonymousId.anonymous_id, AnonymousId.customer_id).where(
+                    AnonymousId.project_id == pid, AnonymousId.anonymous_id.in_(part)
+                )
+            ):
+                alias_of[alias] = cid
+                ids.add(cid)
+        conditions: list[tuple[Any, list[Any]]] = []
+        conditions += [(Customer.user_id, part) for part in _chunks(user_ids)]
+        conditions += [(Customer.email, part) for part in _chunks(emails)]
+        conditions += [(Customer.id, part) for part in _chunks(ids)]
+        seen: dict[int, Profile] = {}
+        for column, part in conditions:
+            rows = session.execute(
+                select(Customer)
+                .where(Customer.project_id == pid, column.in_(part))
+                .order_by(Customer.id)
+            ).scalars()
+            for row in rows:
+                if row.id not in seen:
+                    seen[row.id] = self._adopt(row)
+        for alias, cid in alias_of.items():
+            if cid in seen:
+                self.by_alias[alias] = seen[cid]
+        for part in _chunks(group_ids):
+            for gid, gpk, gtraits in session.execute(
+                select(Group.group_id, Group.id, Group.traits).where(
+                    Group.project_id == pid, Group.group_id.in_(part)
+                )
+            ):
+                self.group_ids[gid] = gpk
+                self.groups[gid] = dict(gtraits or {})
+
+    def load_ids(self, session: Session, customer_ids: list[int]) -> None:
+        """Fetch customers by Tidings id (API edits go through the same write path)."""
+        for part in _chunks(customer_ids):
+            for row in session.scalars(
+                select(Customer).where(
+                    Customer.project_id == self.project_id, Customer.id.in_(part)
+                )
+            ):
+                self._adopt(row)
+
+    def _adopt(self, row: Customer) -> Profile:
+        p = Profile(
+            id=row.id,
+            user_id=row.user_id,
+            email=row.email,
+            name=row.name,
+            traits=dict(row.traits or {}),
+            audiences=dict(row.audiences or {}),
+            ltv_units=row.lifetime_value_units,
+            revenue_by_currency=dict(row.revenue_by_currency or {}),
+            charge_count=row.charge_count,
+            last_charge_at=row.last_charge_at,
+            first_seen=row.first_seen,
+            last_seen=row.last_seen,
+            created_at=row.created_at,
+            original_keys=frozenset(row.traits or ()),
+        )
+        self.profiles.append(p)
+        if p.user_id is not None:
+            self.by_user[p.user_id] = p
+        if p.email is not None:
+            self.by_email.setdefault(p.email, p)
+        return p
+
+    # -- identity ------------------------------------------------------------------------
+
+    def find(
+        self, *, user_id: str | None, email: str | None, anonymous_id: str | None
+    ) -> Profile | None:
+        """userId, else email, else a known anonymousId; never crosses to another user."""
+        p: Profile | None = None
+        if user_id is not None:
+            p = self.by_user.get(user_id) or self._retired(user_id)
+        if p is None and email is not None:
+            q = self.by_email.get(email)
+            if q is not None and (user_id is None or q.user_id in (None, user_id)):
+                p = q
+        if p is None and anonymous_id is not None:
+            a = self.by_alias.get(anonymous_id)
+            if a is not None and (user_id is None or a.user_id in (None, user_id)):
+                p = a
+        return p
+
+    def _retired(self, user_id: str) -> Profile | None:
+        p = self.by_alias.get(user_id)
+        return p if p is not None and p.user_id is not None else None
+
+    def resolve(
+        self,
+        *,
+        user_id: str | None,
+        email: str | None,
+        anonymous_id: str | None,
+        at: datetime,
+        creates: str,
+    ) -> Profile:
+        """Find or create the customer and attach the ids; raises Dropped per the policy.
+
+        `creates` is "profile" for identify/group/alias and "event" for track/page/screen.
+        """
+        p = self.find(user_id=user_id, email=email, anonymous_id=anonymous_id)
+        if p is None:
+            self._may_create(user_id=user_id, email=email, creates=creates)
+            p = self._create(at)
+        elif anonymous_id is not None and user_id is not None:
+            other = self.by_alias.get(anonymous_id)
+            if other is not None and other is not p and other.user_id is None:
+                self.merge(other, into=p)
+        if user_id is not None and p.user_id is None:
+            p.user_id = user_id
+            self.by_user[user_id] = p
+            p.dirty = True
+        if email is not None and p.email is None:
+            self.set_email(p, email)
+        if anonymous_id is not None and anonymous_id not in self.by_alias:
+            self.by_alias[anonymous_id] = p
+            self.rows.aliases.append((p, anonymous_id))
+        return p
+
+    def _may_create(self, *, user_id: str | None, email: str | None, creates: str) -> None:
+        policy = self.policy
+        if creates == "event" and policy.unknown_user_track == "drop":
+            raise Dropped("unknown user: the project drops events for unknown users")
+        if policy.require_user_id and user_id is None:
+            raise Dropped("no userId: the project requires a userId to create a customer")
+        if policy.require_email_to_create and email is None:
+            raise Dropped("no email: the project requires an email to create a customer")
+
+    def _create(self, at: datetime) -> Profile:
+        p = Profile(
+            id=None,
+            user_id=None,
+            email=None,
+            name=None,
+            traits={},
+            audiences={},
+            ltv_units=0,
+            revenue_by_currency={},
+            charge_count=0,
+            last_charge_at=None,
+            first_seen=at,
+            last_seen=at,
+            created_at=clock.now(),
+            dirty=True,
+        )
+        self.profiles.append(p)
+        return p
+
+    def set_email(self, p: Profile, email: str) -> None:
+        if p.email != email:
+            p.email = email
+            self.by_email.setdefault(email, p)
+            p.dirty = True
+
+    def merge(self, src: Profile, *, into: Profile) -> None:
+        """Fold `src` into `into`: timelines, charges, tags, groups and ids move; `into` wins."""
+        dst = into
+        dst.traits = {**src.traits, **dst.traits}
+        dst.audiences = {**src.audiences, **dst.audiences}
+        dst.email = dst.email or src.email
+        dst.name = dst.traits.get("name") if isinstance(dst.traits.get("name"), str) else dst.name
+        dst.ltv_units += src.ltv_units
+        for cur, units in src.revenue_by_currency.items():
+            dst.revenue_by_currency[cur] = dst.revenue_by_currency.get(cur, 0) + units
+        dst.charge_count += src.charge_count
+        if src.last_charge_at and (
+            not dst.last_charge_at or src.last_charge_at > dst.last_charge_at
+        ):
+            dst.last_charge_at = src.last_charge_at
+        dst.first_seen = min(dst.first_seen, src.first_seen)
+        dst.last_seen = max(dst.last_seen, src.last_seen)
+        dst.created_at = min(dst.created_at, src.created_at)
+        dst.dirty = True
+        for index in (self.by_alias, self.by_user, self.by_email):
+            for key, value in list(index.items()):
+                if value is src:
+                    index[key] = dst
+        if src.user_id is not None and src.user_id != dst.user_id:
+            # A retired userId keeps finding the surviving customer.
+            self.by_user.pop(src.user_id, None)
+            self.by_alias[src.user_id] = dst
+            self.rows.aliases.append((dst, src.user_id))
+        src.merged_into = dst
+        if src.id is not None:
+            self.rows.merges.append((src.id, dst))
+
+    def alias(self, *, user_id: str, previous_id: str, at: datetime) -> Profile:
+        """`alias`: previousId (an anonymousId or an old userId) becomes the same person."""
+        new = self.by_user.get(user_id) or self._retired(user_id)
+        old = self.by_user.get(previous_id) or self.by_alias.get(previous_id)
+        if new is not None and old is not None and new is not old:
+            self.merge(old, into=new)
+            return new
+        if new is None and old is not None:
+            if old.user_id is not None and old.user_id != user_id:
+                self.by_user.pop(old.user_id, None)
+                self.by_alias[old.user_id] = old
+                self.rows.aliases.append((old, old.user_id))
+            old.user_id = user_id
+            self.by_user[user_id] = old
+            old.touch(at)
+            return old
+        p = new or self.resolve(
+            user_id=user_id, email=None, anonymous_id=None, at=at, creates="profile"
+        )
+        if previous_id not in self.by_alias and previous_id not in self.by_user:
+            self.by_alias[previous_id] = p
+            self.rows.aliases.append((p, previous_id))
+        p.touch(at)
+        return p
+
+    def erase(self, p: Profile) -> None:
+        """Delete the customer with its events, charges, tags and memberships."""
+        p = p.final()
+        p.deleted = True
+        for index in (self.by_alias, self.by_user, self.by_email):
+            for key, value in list(index.items()):
+                if value is p:
+                    del index[key]
+        if p.id is not None:
+            self.rows.deletes.append(p.id)
+
+    # -- changes -------------------------------------------------------------------------
+
+    def set_traits(self, p: Profile, traits: dict[str, Any], at: datetime) -> None:
+        """Merge normalised traits; a null value removes the trait."""
+        for key, value in traits.items():
+            if value is None:
+                p.traits.pop(key, None)
+                continue
+            p.traits[key] = value
+            self.trait_sightings[key] = (infer_type(key, value), at)
+        email = p.traits.get("email")
+        if isinstance(email, str) and email:
+            self.set_email(p, email)
+        name = p.traits.get("name")
+        p.name = name[:255] if isinstance(name, str) else p.name
+        p.dirty = True
+
+    def set_audience(self, p: Profile, key: str, member: bool, at: datetime) -> None:
+        p.audiences[key] = {"member": member, "updated_at": isoformat(at)}
+        p.dirty = True
+
+    def add_event(self, p: Profile, row: dict[str, Any]) -> None:
+        """Queue a timeline event (track, page, screen) and count it in the catalog."""
+        self.rows.events.append((p, row))
+        key = (row["type"], row["name"] or "")
+        entry = self.event_catalog.get(key)
+        seen = row["received_at"]
+        if entry is None:
+            entry = self.event_catalog[key] = {"count": 0, "first": seen, "last": seen, "props": {}}
+        entry["count"] += 1
+        entry["last"] = max(entry["last"], seen)
+        props = entry["props"]
+        for k, v in row["properties"].items():
+            props[k] = infer_type(k, v)
+
+    def add_charge(self, p: Profile, amount: Decimal, currency: str, row: dict[str, Any]) -> None:
+        """Attribute revenue to the customer (lifetime value, count, last charge date)."""
+        units = int((amount * MONEY_UNIT).to_integral_value())
+        p.ltv_units += units
+        p.revenue_by_currency[currency] = p.revenue_by_currency.get(currency, 0) + units
+        p.charge_count += 1
+        at = row["timestamp"]
+        if p.last_charge_at is None or at > p.last_charge_at:
+            p.last_charge_at = at
+        p.dirty = True
+        self.rows.charges.append((p, {**row, "amount_units": units, "currency": currency}))
+
+    def link_group(self, p: Profile, group_id: str, traits: dict[str, Any], at: datetime) -> None:
+        current = self.groups.setdefault(group_id, {})
+        current.update({k: v for k, v in traits.items() if v is not None})
+        for k, v in traits.items():
+            if v is None:
+                current.pop(k, None)
+        self.rows.group_links.append((p, group_id, at))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def flush(self, session: Session) -> None:
+        """Write the batch: new customers, merges, deletions, updates, then dependent rows."""
+        self._insert_new(session)
+        self._apply_merges(session)
+        if self.rows.deletes:
+            for part in _chunks(self.rows.deletes):
+                session.execute(delete(Customer).where(Customer.id.in_(part)))
+        self._update_dirty(session)
+        self._insert_aliases(session)
+        self._insert_timeline(session)
+        self._write_groups(session)
+        self._write_catalogs(session)
+
+    def _live(self, p: Profile) -> Profile | None:
+        f = p.final()
+        return None if f.deleted or f.id is None else f
+
+    def _insert_new(self, session: Session) -> None:
+        fresh = [
+            p for p in self.profiles if p.id is None and p.merged_into is None and not p.deleted
+        ]
+        if not fresh:
+            return
+        now = clock.now()
+        stmt = insert(Customer).returning(Customer.id, sort_by_parameter_order=True)
+        params = [self._values(p, now) | {"project_id": self.project_id} for p in fresh]
+        ids = session.execute(stmt, params).scalars().all()
+        for p, new_id in zip(fresh, ids, strict=True):
+            p.id = new_id
+            p.dirty = False
+
+    def _values(self, p: Profile, now: datetime) -> dict[str, Any]:
+        return {
+            "user_id": p.user_id,
+            "email": p.email,
+            "name": p.name,
+            "traits": p.traits,
+            "audiences": p.audiences,
+            "lifetime_value_units": p.ltv_units,
+            "revenue_by_currency": p.revenue_by_currency,
+            "charge_count": p.charge_count,
+            "last_charge_at": p.last_charge_at,
+            "first_seen": p.first_seen,
+            "last_seen": p.last_seen,
+            "created_at": p.created_at,
+            "updated_at": now,
+        }
+
+    def _apply_merges(self, session: Session) -> None:
+        for src_id, dst in self.rows.merges:
+            target = self._live(dst)
+            if target is None:
+                session.execute(delete(Customer).where(Customer.id == src_id))
+                continue
+            params = {"src": src_id, "dst": target.id}
+            for table in ("events", "charges", "customer_anonymous_ids"):
+                session.execute(
+                    text(f"UPDATE {table} SET customer_id = :dst WHERE customer_id = :src"),  # noqa: S608
+                    params,
+                )
+            session.execute(
+                text(
+                    "INSERT INTO customer_tags (customer_id, tag, project_id, created_at) "
+                    "SELECT :dst, tag, project_id, created_at FROM customer_tags t "
+                    "WHERE t.customer_id = :src AND NOT EXISTS (SELECT 1 FROM customer_tags d "
+                    "WHERE d.customer_id = :dst AND d.tag = t.tag)"
+                ),
+                params,
+            )
+            session.execute(
+                text(
+                    "INSERT INTO customer_groups (customer_id, group_pk, created_at) "
+                    "SELECT :dst, group_pk, created_at FROM customer_groups g "
+                    "WHERE g.customer_id = :src AND NOT EXISTS (SELECT 1 FROM customer_groups d "
+                    "WHERE d.customer_id = :dst AND d.group_pk = g.group_pk)"
+                ),
+                params,
+            )
+            session.execute(delete(Customer).where(Customer.id == src_id))
+
+    def _update_dirty(self, session: Session) -> None:
+        now = clock.now()
+        rows = [
+            self._values(p, now) | {"b_id": p.id}
+            for p in self.profiles
+            if p.dirty and p.id is not None and p.merged_into is None and not p.deleted
+        ]
+        if rows:
+            stmt = (
+                update(table_of(Customer))
+                .where(table_of(Customer).c.id == bindparam("b_id"))
+                .values({k: bindparam(k) for k in rows[0] if k != "b_id"})
+            )
+            session.execute(stmt, rows)
+
+    def _insert_aliases(self, session: Session) -> None:
+        rows: dict[str, dict[str, Any]] = {}
+        for p, alias in self.rows.aliases:
+            live = self._live(p)
+            if live is not None:
+                rows[alias] = {
+                    "project_id": self.project_id,
+                    "anonymous_id": alias,
+                    "customer_id": live.id,
+                }
+        upsert(
+            session,
+            table_of(AnonymousId),
+            list(rows.values()),
+            keys=("project_id", "anonymous_id"),
+            set_=lambda ex: {"customer_id": ex.customer_id},
+        )
+
+    def _insert_timeline(self, session: Session) -> None:
+        pid = self.project_id
+        events = []
+        for p, row in self.rows.events:
+            live = self._live(p)
+            if live is not None:
+                events.append({**row, "project_id": pid, "customer_id": live.id})
+        if events:
+            session.execute(insert(table_of(Event)), events)
+        charges = []
+        for p, row in self.rows.charges:
+            live = self._live(p)
+            if live is not None:
+                charges.append(
+                    {
+                        "project_id": pid,
+                        "customer_id": live.id,
+                        "amount_units": row["amount_units"],
+                        "currency": row["currency"],
+                        "timestamp": row["timestamp"],
+                        "message_id": row["message_id"],
+                    }
+                )
+        if charges:
+            session.execute(insert(table_of(Charge)), charges)
+
+    def _write_groups(self, session: Session) -> None:
+        if not self.groups:
+            return
+        pid = self.project_id
+        now = clock.now()
+        known = [
+            {"b_id": self.group_ids[g], "traits": t, "last_seen": now}
+            for g, t in self.groups.items()
+            if g in self.group_ids
+        ]
+        if known:
+            table = table_of(Group)
+            session.execute(
+                update(table)
+                .where(table.c.id == bindparam("b_id"))
+                .values(traits=bindparam("traits"), last_seen=bindparam("last_seen")),
+                known,
+            )
+        fresh = [g for g in self.groups if g not in self.group_ids]
+        if fresh:
+            stmt = insert(Group).returning(Group.id, sort_by_parameter_order=True)
+            params = [
+                {
+                    "project_id": pid,
+                    "group_id": g,
+                    "traits": self.groups[g],
+                    "first_seen": now,
+                    "last_seen": now,
+                }
+                for g in fresh
+            ]
+            for g, gpk in zip(fresh, session.execute(stmt, params).scalars().all(), strict=True):
+                self.group_ids[g] = gpk
+        links: dict[tuple[int, int], dict[str, Any]] = {}
+        for p, gid, at in self.rows.group_links:
+            live = self._live(p)
+            if live is not None and live.id is not None:
+                key = (live.id, self.group_ids[gid])
+                links[key] = {"customer_id": key[0], "group_pk": key[1], "created_at": at}
+        upsert(
+            session, table_of(CustomerGroup), list(links.values()), keys=("customer_id", "group_pk")
+        )
+
+    def _write_catalogs(self, session: Session) -> None:
+        pid = self.project_id
+        deltas: dict[str, int] = defaultdict(int)
+        for p in self.profiles:
+            if p.id is None and (p.merged_into is not None or p.deleted):
+                continue  # never written: contributes nothing
+            alive = p.merged_into is None and not p.deleted
+            final_keys = set(p.traits) if alive else set()
+            for key in final_keys - p.original_keys:
+                deltas[key] += 1
+            for key in p.original_keys - final_keys:
+                deltas[key] -= 1
+            p.original_keys = frozenset(final_keys)
+        sighted = [
+            {
+                "project_id": pid,
+                "key": key,
+                "type": typ,
+                "customer_count": deltas.pop(key, 0),
+                "first_seen": at,
+                "last_seen": at,
+            }
+            for key, (typ, at) in self.trait_sightings.items()
+        ]
+        upsert(
+            session,
+            table_of(TraitCatalog),
+            sighted,
+            keys=("project_id", "key"),
+            set_=lambda ex: {
+                "type": ex.type,
+                "last_seen": ex.last_seen,
+                "customer_count": table_of(TraitCatalog).c.customer_count + ex.customer_count,
+            },
+        )
+        adjust = [{"b_pid": pid, "b_key": k, "d": d} for k, d in deltas.items() if d]
+        if adjust:
+            t = table_of(TraitCatalog)
+            session.execute(
+                update(t)
+                .where(t.c.project_id == bindparam("b_pid"), t.c.key == bindparam("b_key"))
+                .values(customer_count=t.c.customer_count + bindparam("d")),
+                adjust,
+            )
+        self._write_event_catalog(session)
+
+    def _write_event_catalog(self, session: Session) -> None:
+        if not self.event_catalog:
+            return
+        pid = self.project_id
+        t = table_of(EventCatalog)
+        existing: dict[tuple[str, str], dict[str, Any]] = {}
+        names = {name for _, name in self.event_catalog}
+        for part in _chunks(names):
+            for typ, name, props in session.execute(
+                select(t.c.type, t.c.name, t.c.properties).where(
+                    t.c.project_id == pid, t.c.name.in_(part)
+                )
+            ):
+                existing[(typ, name)] = props or {}
+        rows = []
+        for (typ, name), entry in self.event_catalog.items():
+            props = {**existing.get((typ, name), {}), **entry["props"]}
+            rows.append(
+                {
+                    "project_id": pid,
+                    "type": typ,
+                    "name": name,
+                    "count": entry["count"],
+                    "properties": props,
+                    "first_seen": entry["first"],
+                    "last_seen": entry["last"],
+                }
+            )
+        upsert(
+            session,
+            t,
+            rows,
+            keys=("project_id", "type", "name"),
+            set_=lambda ex: {
+                "count": t.c.count + ex.count,
+                "properties": ex.properties,
+                "last_seen": ex.last_seen,
+            },
+        )

@@ -1,0 +1,467 @@
+"""Customer use cases: read, search, timeline, charges, tags, trait edits, erase, catalogs.
+
+Every function takes the project id and never reaches another project's rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.orm import Session
+
+from tidings import clock
+from tidings.clock import isoformat
+from tidings.customers.batch import Policy, ProfileBatch
+from tidings.customers.models import (
+    MONEY_UNIT,
+    AnonymousId,
+    Charge,
+    Customer,
+    CustomerGroup,
+    CustomerTag,
+    Event,
+    EventCatalog,
+    Group,
+    TraitCatalog,
+)
+from tidings.customers.schemas import (
+    ChargeOut,
+    CustomerOut,
+    EventOut,
+    EventTypeOut,
+    GroupOut,
+    Page,
+    TagCount,
+    TraitOut,
+)
+from tidings.customers.traits import normalize_traits
+from tidings.errors import BadRequest, NotFound
+
+MAX_LIMIT = 200
+TAG_RE = re.compile(r"^[\w .:@/+-]{1,100}$", re.UNICODE)
+
+
+# -- cursors ----------------------------------------------------------------------------------
+
+
+def encode_cursor(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(list(parts))).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> list[Any] | None:
+    """The values inside a cursor, or a 400 for one we did not issue."""
+    if not cursor:
+        return None
+    try:
+        value = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise BadRequest("The cursor is not valid.", code="invalid_cursor") from exc
+    if not isinstance(value, list) or not value:
+        raise BadRequest("The cursor is not valid.", code="invalid_cursor")
+    return value
+
+
+def _limit(limit: int) -> int:
+    if limit < 1 or limit > MAX_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}.", code="invalid_limit")
+    return limit
+
+
+def _money(units: int) -> float:
+    return round(units / MONEY_UNIT, 4)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def get(session: Session, *, project_id: int, customer_id: int) -> Customer | None:
+    """One customer of the project, or None."""
+    c = session.get(Customer, customer_id)
+    return c if c is not None and c.project_id == project_id else None
+
+
+def get_or_raise(session: Session, *, project_id: int, customer_id: int) -> Customer:
+    c = get(session, project_id=project_id, customer_id=customer_id)
+    if c is None:
+        raise NotFound(f"No customer {customer_id} in this project.", code="customer_not_found")
+    return c
+
+
+def lookup_or_raise(
+    session: Session, *, project_id: int, user_id: str | None = None, email: str | None = None
+) -> Customer:
+    """A customer by the business's userId (or a retired one), or by email."""
+    if (user_id is None) == (email is None):
+        raise BadRequest("Give exactly one of user_id or email.", code="invalid_lookup")
+    if user_id is not None:
+        c = session.scalars(
+            select(Customer).where(Customer.project_id == project_id, Customer.user_id == user_id)
+        ).first()
+        if c is None:
+            alias = session.get(AnonymousId, (project_id, user_id))
+            c = session.get(Customer, alias.customer_id) if alias is not None else None
+    else:
+        assert email is not None
+        c = session.scalars(
+            select(Customer)
+            .where(Customer.project_id == project_id, Customer.email == email.strip().lower())
+            .order_by(Customer.id)
+        ).first()
+    if c is None:
+        raise NotFound("No customer matches.", code="customer_not_found")
+    return c
+
+
+def to_out(session: Session, c: Customer) -> CustomerOut:
+    """The API shape of a customer, with ids, tags and groups."""
+    anon = session.scalars(
+        select(AnonymousId.anonymous_id)
+        .where(AnonymousId.customer_id == c.id)
+        .order_by(AnonymousId.anonymous_id)
+    ).all()
+    tags = session.scalars(
+        select(CustomerTag.tag).where(CustomerTag.customer_id == c.id).order_by(CustomerTag.tag)
+    ).all()
+    groups = session.execute(
+        select(Group.group_id, Group.traits)
+        .join(CustomerGroup, CustomerGroup.group_pk == Group.id)
+        .where(CustomerGroup.customer_id == c.id)
+        .order_by(Group.group_id)
+    ).all()
+    return CustomerOut(
+        id=c.id,
+        user_id=c.user_id,
+        email=c.email,
+        name=c.name,
+        anonymous_ids=list(anon),
+        traits=c.traits or {},
+        tags=list(tags),
+        audiences=c.audiences or {},
+        groups=[GroupOut(group_id=g, traits=t or {}) for g, t in groups],
+        lifetime_value=_money(c.lifetime_value_units),
+        revenue_by_currency={k: _money(v) for k, v in (c.revenue_by_currency or {}).items()},
+        charge_count=c.charge_count,
+        last_charge_at=isoformat(c.last_charge_at),
+        first_seen=isoformat(c.first_seen) or "",
+        last_seen=isoformat(c.last_seen) or "",
+        created_at=isoformat(c.created_at) or "",
+        updated_at=isoformat(c.updated_at) or "",
+    )
+
+
+def _trait_condition(spec: str) -> Any:
+    key, sep, value = spec.partition(":")
+    if not sep:
+        key, sep, value = spec.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise BadRequest("A trait filter looks like `trait=plan:pro`.", code="invalid_filter")
+    field = Customer.traits[key]
+    options = [field.as_string() == value]
+    if value in ("true", "false"):
+        options.append(field.as_boolean() == (value == "true"))
+    try:
+        options.append(field.as_float() == float(value))
+    except ValueError:
+        pass
+    return or_(*options)
+
+
+def search(
+    session: Session,
+    *,
+    project_id: int,
+    q: str | None = None,
+    email: str | None = None,
+    user_id: str | None = None,
+    tag: str | None = None,
+    traits: list[str] | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[CustomerOut]:
+    """Customers newest first, filtered by text, email, userId, tag and trait conditions."""
+    limit = _limit(limit)
+    query = select(Customer).where(Customer.project_id == project_id)
+    if q:
+        text = q.strip()
+        like = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(
+            or_(
+                Customer.email.like(like.lower() + "%", escape="\\"),
+                Customer.user_id == text,
+                Customer.name.ilike("%" + like + "%", escape="\\"),
+            )
+        )
+    if email:
+        query = query.where(Customer.email == email.strip().lower())
+    if user_id:
+        query = query.where(Customer.user_id == user_id)
+    if tag:
+        query = query.where(
+            Customer.id.in_(
+                select(CustomerTag.customer_id).where(
+                    CustomerTag.project_id == project_id, CustomerTag.tag == tag
+                )
+            )
+        )
+    for spec in traits or []:
+        query = query.where(_trait_condition(spec))
+    after = decode_cursor(cursor)
+    if after is not None:
+        if not isinstance(after[0], int):
+            raise BadRequest("The cursor is not valid.", code="invalid_cursor")
+        query = query.where(Customer.id < after[0])
+    rows = list(session.scalars(query.order_by(Customer.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(
+        data=[to_out(session, c) for c in rows],
+        next_cursor=encode_cursor(rows[-1].id) if more else None,
+    )
+
+
+def timeline(
+    session: Session,
+    *,
+    project_id: int,
+    customer_id: int,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[EventOut]:
+    """The customer's events, newest first."""
+    limit = _limit(limit)
+    get_or_raise(session, project_id=project_id, customer_id=customer_id)
+    query = select(Event).where(Event.customer_id == customer_id)
+    after = decode_cursor(cursor)
+    if after is not None:
+        try:
+            ts = datetime.fromisoformat(str(after[0]))
+            last_id = int(after[1])
+        except (ValueError, IndexError, TypeError) as exc:
+            raise BadRequest("The cursor is not valid.", code="invalid_cursor") from exc
+        query = query.where(
+            or_(Event.timestamp < ts, and_(Event.timestamp == ts, Event.id < last_id))
+        )
+    rows = list(
+        session.scalars(query.order_by(Event.timestamp.desc(), Event.id.desc()).limit(limit + 1))
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    data = [
+        EventOut(
+            id=e.id,
+            type=e.type,
+            name=e.name,
+            properties=e.properties or {},
+            context=e.context or {},
+            timestamp=isoformat(e.timestamp) or "",
+            received_at=isoformat(e.received_at) or "",
+            message_id=e.message_id,
+        )
+        for e in rows
+    ]
+    next_cursor = encode_cursor(rows[-1].timestamp.isoformat(), rows[-1].id) if more else None
+    return Page(data=data, next_cursor=next_cursor)
+
+
+def charges(
+    session: Session,
+    *,
+    project_id: int,
+    customer_id: int,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[ChargeOut]:
+    """The customer's charges, newest first."""
+    limit = _limit(limit)
+    get_or_raise(session, project_id=project_id, customer_id=customer_id)
+    query = select(Charge).where(Charge.customer_id == customer_id)
+    after = decode_cursor(cursor)
+    if after is not None:
+        query = query.where(Charge.id < int(after[0]))
+    rows = list(session.scalars(query.order_by(Charge.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(
+        data=[
+            ChargeOut(
+                id=ch.id,
+                amount=_money(ch.amount_units),
+                currency=ch.currency,
+                timestamp=isoformat(ch.timestamp) or "",
+                message_id=ch.message_id,
+            )
+            for ch in rows
+        ],
+        next_cursor=encode_cursor(rows[-1].id) if more else None,
+    )
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def _batch_for(session: Session, project_id: int, customer_id: int) -> ProfileBatch:
+    get_or_raise(session, project_id=project_id, customer_id=customer_id)
+    batch = ProfileBatch(project_id, Policy())
+    batch.load_ids(session, [customer_id])
+    return batch
+
+
+def update_traits(
+    session: Session, *, project_id: int, customer_id: int, traits: dict[str, Any]
+) -> Customer:
+    """Merge traits into the profile (null removes one); the catalog follows."""
+    if not traits:
+        raise BadRequest("Give at least one trait to change.", code="invalid_traits")
+    if "email" in traits and traits["email"] is not None and not isinstance(traits["email"], str):
+        raise BadRequest("The email trait must be a string.", code="invalid_traits")
+    batch = _batch_for(session, project_id, customer_id)
+    batch.set_traits(batch.profiles[0], normalize_traits(traits), clock.now())
+    batch.flush(session)
+    session.expire_all()
+    return get_or_raise(session, project_id=project_id, customer_id=customer_id)
+
+
+def erase(session: Session, *, project_id: int, customer_id: int) -> None:
+    """Delete the customer, its ids, events, charges, tags and memberships."""
+    batch = _batch_for(session, project_id, customer_id)
+    batch.erase(batch.profiles[0])
+    batch.flush(session)
+
+
+def _check_tag(tag: str) -> str:
+    tag = tag.strip()
+    if not TAG_RE.match(tag):
+        raise BadRequest(
+            "A tag is 1 to 100 letters, digits, spaces or . : @ / + - _", code="invalid_tag"
+        )
+    return tag
+
+
+def add_tag(session: Session, *, project_id: int, customer_id: int, tag: str) -> list[str]:
+    """Tag a customer (idempotent); returns its tags."""
+    tag = _check_tag(tag)
+    get_or_raise(session, project_id=project_id, customer_id=customer_id)
+    if session.get(CustomerTag, (customer_id, tag)) is None:
+        session.add(
+            CustomerTag(
+                customer_id=customer_id, tag=tag, project_id=project_id, created_at=clock.now()
+            )
+        )
+        session.flush()
+    return _tags(session, customer_id)
+
+
+def remove_tag(session: Session, *, project_id: int, customer_id: int, tag: str) -> list[str]:
+    """Untag a customer (idempotent); returns its tags."""
+    get_or_raise(session, project_id=project_id, customer_id=customer_id)
+    session.execute(
+        delete(CustomerTag).where(CustomerTag.customer_id == customer_id, CustomerTag.tag == tag)
+    )
+    return _tags(session, customer_id)
+
+
+def _tags(session: Session, customer_id: int) -> list[str]:
+    return list(
+        session.scalars(
+            select(CustomerTag.tag)
+            .where(CustomerTag.customer_id == customer_id)
+            .order_by(CustomerTag.tag)
+        )
+    )
+
+
+# -- catalogs ---------------------------------------------------------------------------------
+
+
+def _offset_page(rows: list[Any], limit: int, offset: int) -> tuple[list[Any], str | None]:
+    more = len(rows) > limit
+    return rows[:limit], encode_cursor(offset + limit) if more else None
+
+
+def _offset(cursor: str | None) -> int:
+    after = decode_cursor(cursor)
+    if after is None:
+        return 0
+    if not isinstance(after[0], int) or after[0] < 0:
+        raise BadRequest("The cursor is not valid.", code="invalid_cursor")
+    return after[0]
+
+
+def list_tags(
+    session: Session, *, project_id: int, limit: int = 200, cursor: str | None = None
+) -> Page[TagCount]:
+    """The project's tags with how many customers carry each."""
+    limit, offset = _limit(limit), _offset(cursor)
+    rows = session.execute(
+        select(CustomerTag.tag, func.count())
+        .where(CustomerTag.project_id == project_id)
+        .group_by(CustomerTag.tag)
+        .order_by(CustomerTag.tag)
+        .offset(offset)
+        .limit(limit + 1)
+    ).all()
+    page, nxt = _offset_page(list(rows), limit, offset)
+    return Page(data=[TagCount(tag=t, customers=n) for t, n in page], next_cursor=nxt)
+
+
+def list_traits(
+    session: Session, *, project_id: int, limit: int = 200, cursor: str | None = None
+) -> Page[TraitOut]:
+    """The trait catalog: key, inferred type, customers holding it, first and last seen."""
+    limit, offset = _limit(limit), _offset(cursor)
+    rows = session.scalars(
+        select(TraitCatalog)
+        .where(TraitCatalog.project_id == project_id, TraitCatalog.customer_count > 0)
+        .order_by(TraitCatalog.key)
+        .offset(offset)
+        .limit(limit + 1)
+    ).all()
+    page, nxt = _offset_page(list(rows), limit, offset)
+    return Page(
+        data=[
+            TraitOut(
+                key=t.key,
+                type=t.type,
+                customers=t.customer_count,
+                first_seen=isoformat(t.first_seen) or "",
+                last_seen=isoformat(t.last_seen) or "",
+            )
+            for t in page
+        ],
+        next_cursor=nxt,
+    )
+
+
+def list_events(
+    session: Session, *, project_id: int, limit: int = 200, cursor: str | None = None
+) -> Page[EventTypeOut]:
+    """The event catalog: name, type, count, property keys and types, first and last seen."""
+    limit, offset = _limit(limit), _offset(cursor)
+    rows = session.scalars(
+        select(EventCatalog)
+        .where(EventCatalog.project_id == project_id)
+        .order_by(EventCatalog.count.desc(), EventCatalog.type, EventCatalog.name)
+        .offset(offset)
+        .limit(limit + 1)
+    ).all()
+    page, nxt = _offset_page(list(rows), limit, offset)
+    return Page(
+        data=[
+            EventTypeOut(
+                name=e.name,
+                type=e.type,
+                count=e.count,
+                properties=e.properties or {},
+                first_seen=isoformat(e.first_seen) or "",
+                last_seen=isoformat(e.last_seen) or "",
+            )
+            for e in page
+        ],
+        next_cursor=nxt,
+    )

@@ -1,0 +1,502 @@
+"""The processor: takes acknowledged requests from the inbox and applies their messages.
+
+One process at a time holds the `ingest` lease, so messages are applied in the order they were
+received and never twice. A chunk (a few thousand messages) is applied in one transaction: every
+message gets a row in the message log (accepted, dropped, rejected or failed, with the reason),
+which is also the messageId dedup index. On SQLite the inbox is a separate file: its rows are
+deleted after the main commit, and a crash in between only replays messages the log already
+holds, which dedup then skips.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from tidings import clock
+from tidings.auth.models import Project
+from tidings.customers.batch import Dropped, Policy, Profile, ProfileBatch
+from tidings.customers.traits import looks_like_email, normalize_traits, parse_money
+from tidings.db import Database, table_of
+from tidings.db.upsert import upsert
+from tidings.ingest.models import InboxItem, IngestMessage, IngestStats, Lease
+from tidings.ingest.wire import (
+    InvalidMessage,
+    Message,
+    fallback_message_id,
+    merge_batch_defaults,
+    normalize,
+)
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "ingest"
+LEASE_SECONDS = 30
+CHARGE_EVENTS = frozenset({"Order Completed", "Completed Order"})
+KEPT_EVENTS = CHARGE_EVENTS  # kept on the timeline even when they make a charge
+
+
+def worker_name() -> str:
+    """host:pid, the holder name of leases and jobs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(slots=True)
+class Entry:
+    """One message of a chunk, before and after it is applied."""
+
+    project_id: int
+    message_id: str
+    received_at: datetime
+    raw: dict[str, Any]
+    message: Message | None = None
+    status: str = "accepted"
+    reason: str | None = None
+    profile: Profile | None = None
+
+
+@dataclass(slots=True)
+class Chunk:
+    inbox_ids: list[int] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+
+
+# -- reading the inbox ------------------------------------------------------------------------
+
+
+def read_chunk(db: Database, *, limit: int) -> Chunk:
+    """The oldest inbox rows, split into messages, up to about `limit` messages."""
+    chunk = Chunk()
+    table = table_of(InboxItem)
+    with db.inbox_engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                table.c.id,
+                table.c.project_id,
+                table.c.kind,
+                table.c.body,
+                table.c.received_at,
+                table.c.ip,
+            )
+            .order_by(table.c.id)
+            .limit(max(1, min(256, limit // 10)))
+        ).all()
+    for row in rows:
+        chunk.inbox_ids.append(row.id)
+        chunk.entries.extend(
+            split_body(row.id, row.project_id, row.kind, row.body, row.received_at, row.ip)
+        )
+        if len(chunk.entries) >= limit:
+            break
+    return chunk
+
+
+def split_body(
+    inbox_id: int, project_id: int, kind: str, body: bytes, received_at: datetime, ip: str | None
+) -> list[Entry]:
+    """The messages of one stored request body, with batch defaults merged into each."""
+    payload = orjson.loads(body)
+    default_type: str | None = None
+    if kind == "batch":
+        items = payload.get("batch", [])
+        envelope = payload
+    elif kind == "webhook":
+        items = payload if isinstance(payload, list) else [payload]
+        envelope = {}
+    else:
+        items = [payload]
+        envelope = {}
+        default_type = kind
+    entries = []
+    for index, item in enumerate(items):
+        if isinstance(item, dict):
+            item = merge_batch_defaults(item, envelope)
+            item.pop("writeKey", None)
+            if default_type and not item.get("type"):
+                item["type"] = default_type
+            if ip and isinstance(item.get("context"), dict) and "ip" not in item["context"]:
+                item["context"]["ip"] = ip
+            mid = item.get("messageId")
+            message_id = mid[:100] if isinstance(mid, str) and mid else None
+        else:
+            item, message_id = {"value": item}, None
+        entries.append(
+            Entry(
+                project_id=project_id,
+                message_id=message_id or fallback_message_id(inbox_id, index),
+                received_at=received_at,
+                raw=item,
+            )
+        )
+    return entries
+
+
+# -- applying ---------------------------------------------------------------------------------
+
+
+def _email_of(msg: Message, traits: dict[str, Any]) -> str | None:
+    email = traits.get("email")
+    if isinstance(email, str) and email:
+        return email
+    if msg.user_id is not None and looks_like_email(msg.user_id):
+        return msg.user_id.lower()
+    return None
+
+
+def _profile_traits(msg: Message) -> dict[str, Any]:
+    """Traits a message carries for the profile: context.traits, then identify traits."""
+    ctx_traits = msg.context.get("traits")
+    merged: dict[str, Any] = dict(ctx_traits) if isinstance(ctx_traits, dict) else {}
+    if msg.type == "identify":
+        merged.update(msg.traits)
+    return normalize_traits(merged) if merged else merged
+
+
+def apply(batch: ProfileBatch, entry: Entry) -> None:
+    """Apply one normalised message to the batch; sets entry.status/reason/profile."""
+    msg = entry.message
+    assert msg is not None
+    at = msg.timestamp
+    active = msg.context.get("active") is not False
+    if msg.type == "alias":
+        assert msg.previous_id is not None
+        assert msg.user_id is not None
+        entry.profile = batch.alias(user_id=msg.user_id, previous_id=msg.previous_id, at=at)
+        return
+    traits = _profile_traits(msg)
+    email = _email_of(msg, traits)
+    if msg.type == "delete":
+        found = batch.find(user_id=msg.user_id, email=None, anonymous_id=msg.anonymous_id)
+        if found is None:
+            entry.reason = "no such customer: nothing to delete"
+        else:
+            batch.erase(found)
+        return
+    creates = "event" if msg.type in ("track", "page", "screen") else "profile"
+    p = batch.resolve(
+        user_id=msg.user_id, email=email, anonymous_id=msg.anonymous_id, at=at, creates=creates
+    )
+    entry.profile = p
+    if email is not None and "email" not in traits and p.traits.get("email") is None:
+        traits["email"] = email
+    if traits:
+        batch.set_traits(p, traits, msg.received_at)
+    p.touch(at, active=active)
+    if msg.type == "identify":
+        _engage_traits(batch, p, msg)
+    elif msg.type == "group":
+        assert msg.group_id is not None
+        batch.link_group(p, msg.group_id, normalize_traits(msg.traits), at)
+    else:
+        _timeline(batch, p, msg)
+
+
+def _engage_traits(batch: ProfileBatch, p: Profile, msg: Message) -> None:
+    personas = msg.context.get("personas")
+    if not isinstance(personas, dict) or personas.get("computation_class") != "audience":
+        return
+    key = personas.get("computation_key")
+    if isinstance(key, str) and isinstance(msg.traits.get(key), bool):
+        batch.set_audience(p, key, msg.traits[key], msg.timestamp)
+
+
+def _timeline(batch: ProfileBatch, p: Profile, msg: Message) -> None:
+    row = {
+        "type": msg.type,
+        "name": msg.event if msg.type == "track" else msg.name,
+        "properties": msg.properties,
+        "context": msg.context,
+        "timestamp": msg.timestamp,
+        "received_at": msg.received_at,
+        "message_id": msg.message_id,
+    }
+    if msg.type == "track":
+        assert msg.event is not None
+        if msg.event in ("Audience Entered", "Audience Exited"):
+            key = msg.properties.get("audience_key")
+            if isinstance(key, str) and key:
+                batch.set_audience(p, key, msg.event == "Audience Entered", msg.timestamp)
+        if batch.policy.revenue_as_charge:
+            amount = parse_money(msg.properties.get("revenue"))
+            if amount is None and msg.event in CHARGE_EVENTS:
+                amount = parse_money(msg.properties.get("total"))
+            if amount is not None:
+                currency = msg.properties.get("currency")
+                cur = (
+                    currency.strip().upper()[:3]
+                    if isinstance(currency, str) and currency
+                    else "USD"
+                )
+                batch.add_charge(p, amount, cur, row)
+                if msg.event not in KEPT_EVENTS:
+                    return
+    batch.add_event(p, row)
+
+
+# -- one chunk --------------------------------------------------------------------------------
+
+
+def _policies(session: Session, project_ids: Iterable[int]) -> dict[int, Policy]:
+    rows = session.execute(
+        select(
+            Project.id,
+            Project.require_email_to_create,
+            Project.require_user_id,
+            Project.unknown_user_track,
+            Project.revenue_as_charge,
+        ).where(Project.id.in_(list(project_ids)))
+    )
+    return {
+        r.id: Policy(
+            require_email_to_create=r.require_email_to_create,
+            require_user_id=r.require_user_id,
+            unknown_user_track=r.unknown_user_track,
+            revenue_as_charge=r.revenue_as_charge,
+        )
+        for r in rows
+    }
+
+
+def _known_ids(session: Session, project_id: int, message_ids: Sequence[str]) -> set[str]:
+    table = table_of(IngestMessage)
+    known: set[str] = set()
+    for start in range(0, len(message_ids), 500):
+        part = message_ids[start : start + 500]
+        known.update(
+            session.execute(
+                select(table.c.message_id).where(
+                    table.c.project_id == project_id, table.c.message_id.in_(part)
+                )
+            ).scalars()
+        )
+    return known
+
+
+def apply_entries(session: Session, entries: list[Entry]) -> dict[int, dict[str, int]]:
+    """Apply a list of entries (any projects) inside the caller's transaction; returns counts."""
+    by_project: dict[int, list[Entry]] = defaultdict(list)
+    for e in entries:
+        by_project[e.project_id].append(e)
+    policies = _policies(session, by_project)
+    counts: dict[int, dict[str, int]] = {}
+    now = clock.now()
+    for pid, group in by_project.items():
+        policy = policies.get(pid)
+        if policy is None:
+            continue  # the project was deleted after the request was acknowledged
+        counts[pid] = _apply_project(session, pid, policy, group, now)
+    return counts
+
+
+def _apply_project(
+    session: Session, pid: int, policy: Policy, group: list[Entry], now: datetime
+) -> dict[str, int]:
+    counts = {"accepted": 0, "dropped": 0, "rejected": 0, "failed": 0, "duplicate": 0}
+    known = _known_ids(session, pid, [e.message_id for e in group])
+    fresh: list[Entry] = []
+    for e in group:
+        if e.message_id in known:
+            counts["duplicate"] += 1
+            continue
+        known.add(e.message_id)
+        try:
+            e.message = normalize(
+                e.raw, default_type=None, received_at=e.received_at, message_id=e.message_id
+            )
+        except InvalidMessage as exc:
+            e.status, e.reason = "rejected", str(exc)
+        fresh.append(e)
+    batch = ProfileBatch(pid, policy)
+    batch.load(session, **_identifiers(fresh))
+    for e in fresh:
+        if e.message is None:
+            continue
+        try:
+            apply(batch, e)
+        except Dropped as exc:
+            e.status, e.reason = "dropped", str(exc)
+        except Exception as exc:  # one bad message must not stop the rest
+            log.exception("message failed", extra={"project": pid, "message_id": e.message_id})
+            e.status, e.reason = "failed", f"{type(exc).__name__}: {exc}"
+    batch.flush(session)
+    _write_log(session, pid, fresh, now)
+    for e in fresh:
+        counts[e.status] += 1
+    upsert(
+        session,
+        table_of(IngestStats),
+        [{"project_id": pid, **counts}],
+        keys=("project_id",),
+        set_=lambda ex: {k: getattr(table_of(IngestStats).c, k) + getattr(ex, k) for k in counts},
+    )
+    return counts
+
+
+def _identifiers(entries: list[Entry]) -> dict[str, set[str]]:
+    user_ids: set[str] = set()
+    emails: set[str] = set()
+    aliases: set[str] = set()
+    group_ids: set[str] = set()
+    for e in entries:
+        m = e.message
+        if m is None:
+            continue
+        if m.user_id is not None:
+            user_ids.add(m.user_id)
+            aliases.add(m.user_id)
+            if looks_like_email(m.user_id):
+                emails.add(m.user_id.lower())
+        if m.anonymous_id is not None:
+            aliases.add(m.anonymous_id)
+        if m.previous_id is not None:
+            user_ids.add(m.previous_id)
+            aliases.add(m.previous_id)
+        if m.group_id is not None:
+            group_ids.add(m.group_id)
+        for source in (m.traits if m.type == "identify" else None, m.context.get("traits")):
+            if isinstance(source, dict) and isinstance(source.get("email"), str):
+                emails.add(source["email"].strip().lower())
+    return {"user_ids": user_ids, "emails": emails, "aliases": aliases, "group_ids": group_ids}
+
+
+def _write_log(session: Session, pid: int, entries: list[Entry], now: datetime) -> None:
+    rows = []
+    for e in entries:
+        m = e.message
+        live = e.profile.final() if e.profile is not None else None
+        raw = e.raw
+        rows.append(
+            {
+                "project_id": pid,
+                "message_id": e.message_id,
+                "type": m.type
+                if m
+                else (raw.get("type") if isinstance(raw.get("type"), str) else None),
+                "status": e.status,
+                "reason": e.reason,
+                "user_id": m.user_id if m else None,
+                "anonymous_id": m.anonymous_id if m else None,
+                "event": (m.event or m.name) if m else None,
+                "customer_id": live.id if live is not None and not live.deleted else None,
+                "received_at": e.received_at,
+                "processed_at": now,
+                "raw": raw,
+            }
+        )
+    if rows:
+        session.execute(insert(table_of(IngestMessage)), rows)
+
+
+def process_chunk(db: Database, chunk: Chunk) -> dict[int, dict[str, int]]:
+    """Apply one chunk and remove its rows from the inbox."""
+    try:
+        with db.session(write=True) as session:
+            counts = apply_entries(session, chunk.entries)
+            if not db.separate_inbox:
+                _delete_inbox(session, chunk.inbox_ids)
+    except Exception:
+        log.exception("chunk failed; applying its messages one by one")
+        counts = _process_one_by_one(db, chunk)
+        if not db.separate_inbox:
+            with db.session(write=True) as session:
+                _delete_inbox(session, chunk.inbox_ids)
+    if db.separate_inbox:
+        with db.inbox_write_engine.begin() as conn:
+            table = table_of(InboxItem)
+            for start in range(0, len(chunk.inbox_ids), 500):
+                conn.execute(
+                    delete(table).where(table.c.id.in_(chunk.inbox_ids[start : start + 500]))
+                )
+    return counts
+
+
+def _delete_inbox(session: Session, ids: list[int]) -> None:
+    table = table_of(InboxItem)
+    for start in range(0, len(ids), 500):
+        session.execute(delete(table).where(table.c.id.in_(ids[start : start + 500])))
+
+
+def _process_one_by_one(db: Database, chunk: Chunk) -> dict[int, dict[str, int]]:
+    """Isolate a poison message: each in its own transaction; one that breaks is `failed`."""
+    totals: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for e in chunk.entries:
+        try:
+            with db.session(write=True) as session:
+                counts = apply_entries(session, [e])
+        except Exception as exc:
+            log.exception("message failed", extra={"message_id": e.message_id})
+            e.status, e.reason, e.profile, e.message = (
+                "failed",
+                f"{type(exc).__name__}: {exc}",
+                None,
+                None,
+            )
+            with db.session(write=True) as session:
+                if not _known_ids(session, e.project_id, [e.message_id]):
+                    _write_log(session, e.project_id, [e], clock.now())
+                    counts = {e.project_id: {"failed": 1}}
+                else:
+                    counts = {}
+        for pid, c in counts.items():
+            for k, v in c.items():
+                totals[pid][k] += v
+    return {pid: dict(c) for pid, c in totals.items()}
+
+
+# -- the lease and the loop -------------------------------------------------------------------
+
+
+def acquire_lease(db: Database, holder: str) -> bool:
+    """Take or renew the processor lease; False when another live process holds it."""
+    now = clock.now()
+    table = table_of(Lease)
+    with db.session(write=True) as session:
+        upsert(
+            session,
+            table,
+            [{"name": LEASE_NAME, "holder": None, "expires_at": None}],
+            keys=("name",),
+        )
+        result = session.execute(
+            update(table)
+            .where(table.c.name == LEASE_NAME)
+            .where(
+                (table.c.holder == holder) | (table.c.holder.is_(None)) | (table.c.expires_at < now)
+            )
+            .values(holder=holder, expires_at=now + timedelta(seconds=LEASE_SECONDS))
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_lease(db: Database, holder: str) -> None:
+    table = table_of(Lease)
+    with db.session(write=True) as session:
+        session.execute(
+            update(table)
+            .where(table.c.name == LEASE_NAME, table.c.holder == holder)
+            .values(holder=None, expires_at=None)
+        )
+
+
+def drain(db: Database, *, chunk_size: int, max_chunks: int | None = None) -> int:
+    """Process inbox chunks until it is empty (or max_chunks); returns messages handled."""
+    handled = 0
+    done = 0
+    while max_chunks is None or done < max_chunks:
+        chunk = read_chunk(db, limit=chunk_size)
+        if not chunk.inbox_ids:
+            break
+        process_chunk(db, chunk)
+        handled += len(chunk.entries)
+        done += 1
+    return handled

@@ -1,0 +1,96 @@
+"""Job queue verbs. Claiming uses FOR UPDATE SKIP LOCKED on PostgreSQL; on SQLite the
+IMMEDIATE transaction already serialises claimers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from tidings import clock
+from tidings.jobs.models import Job
+
+
+def enqueue(
+    session: Session,
+    name: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    run_at: datetime | None = None,
+    dedupe_key: str | None = None,
+    max_attempts: int = 5,
+) -> Job | None:
+    """Add a job in the caller's transaction; a live job with the same dedupe_key wins."""
+    if dedupe_key is not None:
+        existing = session.scalar(
+            select(Job).where(Job.dedupe_key == dedupe_key, Job.status.in_(("queued", "running")))
+        )
+        if existing is not None:
+            return None
+    now = clock.now()
+    job = Job(
+        name=name,
+        payload=payload or {},
+        run_at=run_at or now,
+        dedupe_key=dedupe_key,
+        max_attempts=max_attempts,
+        created_at=now,
+        status="queued",
+        attempts=0,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def claim(session: Session, *, worker: str, limit: int = 10, lease_seconds: int = 300) -> list[Job]:
+    """Take up to `limit` due jobs (or jobs whose previous claimer's lease ran out)."""
+    now = clock.now()
+    query = (
+        select(Job)
+        .where(
+            or_(
+                (Job.status == "queued") & (Job.run_at <= now),
+                (Job.status == "running") & (Job.locked_until < now),
+            )
+        )
+        .order_by(Job.run_at, Job.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    jobs = list(session.scalars(query))
+    for job in jobs:
+        job.status = "running"
+        job.attempts += 1
+        job.locked_by = worker
+        job.locked_until = now + timedelta(seconds=lease_seconds)
+    session.flush()
+    return jobs
+
+
+def complete(session: Session, *, job_id: int) -> None:
+    """Mark a job done (its dedupe_key is released)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(status="done", locked_by=None, locked_until=None, dedupe_key=None)
+    )
+
+
+def fail(session: Session, *, job_id: int, error: str, transient: bool) -> None:
+    """Record a failure: transient ones retry with exponential backoff until max_attempts."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return
+    job.last_error = error[:4000]
+    job.locked_by = None
+    job.locked_until = None
+    if transient and job.attempts < job.max_attempts:
+        job.status = "queued"
+        job.run_at = clock.now() + timedelta(seconds=min(3600, 2**job.attempts * 5))
+    else:
+        job.status = "failed"
+        job.dedupe_key = None

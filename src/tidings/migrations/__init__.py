@@ -1,0 +1,1 @@
+"""Alembic migrations (run by `tidings db upgrade`); reversible, for SQLite and PostgreSQL."""

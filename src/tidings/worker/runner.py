@@ -1,0 +1,107 @@
+"""The worker loop and the job handler registry."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tidings import clock, jobs
+from tidings.db import Database
+from tidings.ingest import processor
+from tidings.ingest import service as ingestion
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = timedelta(minutes=10)
+Handler = Callable[[Session, Database, dict[str, Any]], None]
+
+
+def _prune(session: Session, db: Database, payload: dict[str, Any]) -> None:
+    removed = ingestion.prune(session, settings=db.settings)
+    log.info("message log pruned", extra={"removed": removed})
+
+
+HANDLERS: dict[str, Handler] = {"ingest.prune": _prune}
+
+
+class Worker:
+    """Processes the inbox and jobs until stopped."""
+
+    def __init__(self, db: Database, *, name: str | None = None) -> None:
+        self.db = db
+        self.name = name or processor.worker_name()
+        self.stop_event = threading.Event()
+        self._last_jobs = 0.0
+
+    def run_once(self) -> int:
+        """One round: a chunk of the inbox if this worker holds the lease, then due jobs."""
+        handled = 0
+        if processor.acquire_lease(self.db, self.name):
+            handled = processor.drain(
+                self.db, chunk_size=self.db.settings.processor_chunk, max_chunks=20
+            )
+        now = time.monotonic()
+        if now - self._last_jobs > 1.0:
+            self._last_jobs = now
+            handled += self.run_jobs()
+        return handled
+
+    def run_jobs(self) -> int:
+        with self.db.session(write=True) as session:
+            # A prune is always scheduled; the dedupe key keeps exactly one waiting.
+            jobs.enqueue(
+                session, "ingest.prune", run_at=clock.now() + PRUNE_EVERY, dedupe_key="ingest.prune"
+            )
+            claimed = [
+                (j.id, j.name, dict(j.payload))
+                for j in jobs.claim(session, worker=self.name, limit=10)
+            ]
+        for job_id, name, payload in claimed:
+            handler = HANDLERS.get(name)
+            try:
+                if handler is None:
+                    raise LookupError(f"no handler for job {name!r}")
+                with self.db.session(write=True) as session:
+                    handler(session, self.db, payload)
+                    jobs.complete(session, job_id=job_id)
+            except Exception as exc:
+                log.exception("job failed", extra={"job": job_id, "job_name": name})
+                with self.db.session(write=True) as session:
+                    jobs.fail(
+                        session,
+                        job_id=job_id,
+                        error=repr(exc),
+                        transient=not isinstance(exc, LookupError),
+                    )
+        return len(claimed)
+
+    def run(self) -> None:
+        """Loop until stop(); sleeps briefly whenever there is nothing to do."""
+        idle = self.db.settings.processor_idle_seconds
+        while not self.stop_event.is_set():
+            try:
+                handled = self.run_once()
+            except Exception:
+                log.exception("worker round failed")
+                handled = 0
+                self.stop_event.wait(1.0)
+            if not handled:
+                self.stop_event.wait(idle)
+        try:
+            processor.release_lease(self.db, self.name)
+        except Exception:
+            log.exception("could not release the ingest lease")
+
+    def start_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="tidings-worker", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self.stop_event.set()
