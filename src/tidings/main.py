@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from tidings.api import catalogs, customers, health, ingestion, project
 from tidings.api.tracking import TrackingAPI
@@ -24,7 +27,23 @@ from tidings.worker.runner import Worker
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, worker: bool = True) -> FastAPI:
+class Tidings:
+    """The ASGI entry point: `/v1/*` goes straight to the lean tracking app (the hot path skips
+    the management API's middleware and route table); everything else to the FastAPI app."""
+
+    def __init__(self, api: FastAPI, tracking: Starlette) -> None:
+        self.api = api
+        self.tracking = tracking
+        self.state = api.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self.tracking(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, worker: bool = True) -> Tidings:
     """The Tidings application (API, tracking, health) for one process."""
     settings = settings or get_settings()
     db = Database(settings)
@@ -54,7 +73,6 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     )
     app.state.db = db
     app.state.writer = writer
-    app.router.routes.extend(tracking.routes())
     for router in (
         customers.router,
         catalogs.router,
@@ -64,15 +82,21 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     ):
         app.include_router(router)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-    app.add_middleware(
+    cors = Middleware(
         CORSMiddleware,
         allow_origins=origins,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["*"],
         max_age=86400,
     )
+    app.user_middleware.insert(0, cors)
     _error_handlers(app)
-    return app
+    tracking_app = Starlette(
+        routes=tracking.routes(),
+        middleware=[cors],
+        exception_handlers={StarletteHTTPException: _http_error},
+    )
+    return Tidings(app, tracking_app)
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -87,10 +111,13 @@ def _error_handlers(app: FastAPI) -> None:
         message = f"{where}: {first.get('msg', 'invalid input')}" if where else "Invalid input."
         return JSONResponse({"code": "invalid_request", "message": message}, status_code=422)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return JSONResponse(
-            {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)},
-            status_code=exc.status_code,
-        )
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return JSONResponse(
+        {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)},
+        status_code=exc.status_code,
+    )

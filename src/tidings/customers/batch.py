@@ -27,18 +27,18 @@ from tidings.clock import isoformat
 from tidings.customers.models import (
     MONEY_UNIT,
     AnonymousId,
-    Charge,
     Customer,
     CustomerGroup,
-    Event,
     EventCatalog,
     Group,
     TraitCatalog,
 )
 from tidings.customers.traits import infer_type
 from tidings.db import table_of
+from tidings.db.bulk import Bulk
 from tidings.db.upsert import upsert
 
+_MISSING = object()
 _IN_CHUNK = 500  # stays far below every database's bound-parameter limit
 
 
@@ -46,6 +46,29 @@ def _chunks(values: Iterable[Any]) -> Iterable[list[Any]]:
     items = list(values)
     for start in range(0, len(items), _IN_CHUNK):
         yield items[start : start + _IN_CHUNK]
+
+
+_PROFILE_SQL = (
+    "SELECT id, user_id, email, name, traits, audiences, lifetime_value_units, "
+    "revenue_by_currency, charge_count, last_charge_at, first_seen, last_seen, created_at "
+    "FROM customers WHERE project_id = {m}"
+)
+# Columns written for every new or changed customer, in this order.
+_WRITE_COLUMNS = (
+    "user_id",
+    "email",
+    "name",
+    "traits",
+    "audiences",
+    "lifetime_value_units",
+    "revenue_by_currency",
+    "charge_count",
+    "last_charge_at",
+    "first_seen",
+    "last_seen",
+    "created_at",
+    "updated_at",
+)
 
 
 @dataclass(eq=False, slots=True)
@@ -67,6 +90,7 @@ class Profile:
     created_at: datetime
     original_keys: frozenset[str] = frozenset()
     dirty: bool = False
+    seen_changed: bool = False
     deleted: bool = False
     merged_into: Profile | None = None
 
@@ -80,9 +104,10 @@ class Profile:
     def touch(self, at: datetime, *, active: bool = True) -> None:
         if at < self.first_seen:
             self.first_seen = at
+            self.seen_changed = True
         if active and at > self.last_seen:
             self.last_seen = at
-        self.dirty = True
+            self.seen_changed = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,30 +163,25 @@ class ProfileBatch:
     ) -> None:
         """Fetch every customer and group these identifiers can reach."""
         pid = self.project_id
-        ids: set[int] = set()
+        bulk = Bulk(session)
         alias_of: dict[str, int] = {}
+        alias_sql = (
+            "SELECT anonymous_id, customer_id FROM customer_anonymous_ids WHERE project_id = {m}"
+        )
         for part in _chunks(aliases):
-            for alias, cid in session.execute(
-                select(AnonymousId.anonymous_id, AnonymousId.customer_id).where(
-                    AnonymousId.project_id == pid, AnonymousId.anonymous_id.in_(part)
-                )
-            ):
+            for alias, cid in bulk.select_in(alias_sql, "anonymous_id", part, (pid,)):
                 alias_of[alias] = cid
-                ids.add(cid)
-        conditions: list[tuple[Any, list[Any]]] = []
-        conditions += [(Customer.user_id, part) for part in _chunks(user_ids)]
-        conditions += [(Customer.email, part) for part in _chunks(emails)]
-        conditions += [(Customer.id, part) for part in _chunks(ids)]
         seen: dict[int, Profile] = {}
-        for column, part in conditions:
-            rows = session.execute(
-                select(Customer)
-                .where(Customer.project_id == pid, column.in_(part))
-                .order_by(Customer.id)
-            ).scalars()
-            for row in rows:
-                if row.id not in seen:
-                    seen[row.id] = self._adopt(row)
+        wanted: list[tuple[str, set[Any]]] = [
+            ("user_id", user_ids),
+            ("email", emails),
+            ("id", set(alias_of.values())),
+        ]
+        for column, values in wanted:
+            for part in _chunks(values):
+                for row in bulk.select_in(_PROFILE_SQL, column, part, (pid,)):
+                    if row[0] not in seen:
+                        seen[row[0]] = self._adopt(bulk, row)
         for alias, cid in alias_of.items():
             if cid in seen:
                 self.by_alias[alias] = seen[cid]
@@ -176,30 +196,43 @@ class ProfileBatch:
 
     def load_ids(self, session: Session, customer_ids: list[int]) -> None:
         """Fetch customers by Tidings id (API edits go through the same write path)."""
+        bulk = Bulk(session)
         for part in _chunks(customer_ids):
-            for row in session.scalars(
-                select(Customer).where(
-                    Customer.project_id == self.project_id, Customer.id.in_(part)
-                )
-            ):
-                self._adopt(row)
+            for row in bulk.select_in(_PROFILE_SQL, "id", part, (self.project_id,)):
+                self._adopt(bulk, row)
 
-    def _adopt(self, row: Customer) -> Profile:
+    def _adopt(self, bulk: Bulk, row: tuple[Any, ...]) -> Profile:
+        (
+            cid,
+            user_id,
+            email,
+            name,
+            traits,
+            audiences,
+            ltv,
+            revenue,
+            charges,
+            last_charge,
+            first_seen,
+            last_seen,
+            created_at,
+        ) = row
+        traits = bulk.read_json(traits) or {}
         p = Profile(
-            id=row.id,
-            user_id=row.user_id,
-            email=row.email,
-            name=row.name,
-            traits=dict(row.traits or {}),
-            audiences=dict(row.audiences or {}),
-            ltv_units=row.lifetime_value_units,
-            revenue_by_currency=dict(row.revenue_by_currency or {}),
-            charge_count=row.charge_count,
-            last_charge_at=row.last_charge_at,
-            first_seen=row.first_seen,
-            last_seen=row.last_seen,
-            created_at=row.created_at,
-            original_keys=frozenset(row.traits or ()),
+            id=cid,
+            user_id=user_id,
+            email=email,
+            name=name,
+            traits=traits,
+            audiences=bulk.read_json(audiences) or {},
+            ltv_units=ltv,
+            revenue_by_currency=bulk.read_json(revenue) or {},
+            charge_count=charges,
+            last_charge_at=bulk.read_dt(last_charge),
+            first_seen=bulk.read_dt(first_seen),  # type: ignore[arg-type]
+            last_seen=bulk.read_dt(last_seen),  # type: ignore[arg-type]
+            created_at=bulk.read_dt(created_at),  # type: ignore[arg-type]
+            original_keys=frozenset(traits),
         )
         self.profiles.append(p)
         if p.user_id is not None:
@@ -343,6 +376,7 @@ class ProfileBatch:
                 self.by_alias[old.user_id] = old
                 self.rows.aliases.append((old, old.user_id))
             old.user_id = user_id
+            old.dirty = True
             self.by_user[user_id] = old
             old.touch(at)
             return old
@@ -370,18 +404,24 @@ class ProfileBatch:
 
     def set_traits(self, p: Profile, traits: dict[str, Any], at: datetime) -> None:
         """Merge normalised traits; a null value removes the trait."""
+        current = p.traits
         for key, value in traits.items():
             if value is None:
-                p.traits.pop(key, None)
+                if key in current:
+                    del current[key]
+                    p.dirty = True
                 continue
-            p.traits[key] = value
+            if current.get(key, _MISSING) != value:
+                current[key] = value
+                p.dirty = True
             self.trait_sightings[key] = (infer_type(key, value), at)
         email = p.traits.get("email")
         if isinstance(email, str) and email:
             self.set_email(p, email)
         name = p.traits.get("name")
-        p.name = name[:255] if isinstance(name, str) else p.name
-        p.dirty = True
+        if isinstance(name, str) and name[:255] != p.name:
+            p.name = name[:255]
+            p.dirty = True
 
     def set_audience(self, p: Profile, key: str, member: bool, at: datetime) -> None:
         p.audiences[key] = {"member": member, "updated_at": isoformat(at)}
@@ -399,7 +439,8 @@ class ProfileBatch:
         entry["last"] = max(entry["last"], seen)
         props = entry["props"]
         for k, v in row["properties"].items():
-            props[k] = infer_type(k, v)
+            if k not in props:  # the first value of a chunk decides the type
+                props[k] = infer_type(k, v)
 
     def add_charge(self, p: Profile, amount: Decimal, currency: str, row: dict[str, Any]) -> None:
         """Attribute revenue to the customer (lifetime value, count, last charge date)."""
@@ -425,14 +466,15 @@ class ProfileBatch:
 
     def flush(self, session: Session) -> None:
         """Write the batch: new customers, merges, deletions, updates, then dependent rows."""
-        self._insert_new(session)
+        bulk = Bulk(session)
+        self._insert_new(bulk)
         self._apply_merges(session)
         if self.rows.deletes:
             for part in _chunks(self.rows.deletes):
                 session.execute(delete(Customer).where(Customer.id.in_(part)))
-        self._update_dirty(session)
+        self._update_dirty(bulk)
         self._insert_aliases(session)
-        self._insert_timeline(session)
+        self._insert_timeline(bulk)
         self._write_groups(session)
         self._write_catalogs(session)
 
@@ -440,36 +482,37 @@ class ProfileBatch:
         f = p.final()
         return None if f.deleted or f.id is None else f
 
-    def _insert_new(self, session: Session) -> None:
+    def _insert_new(self, bulk: Bulk) -> None:
         fresh = [
             p for p in self.profiles if p.id is None and p.merged_into is None and not p.deleted
         ]
         if not fresh:
             return
         now = clock.now()
-        stmt = insert(Customer).returning(Customer.id, sort_by_parameter_order=True)
-        params = [self._values(p, now) | {"project_id": self.project_id} for p in fresh]
-        ids = session.execute(stmt, params).scalars().all()
+        ids = bulk.allocate_ids("customers", len(fresh))
+        rows = []
         for p, new_id in zip(fresh, ids, strict=True):
             p.id = new_id
             p.dirty = False
+            rows.append((new_id, self.project_id, *self._values(bulk, p, now)))
+        bulk.insert("customers", ("id", "project_id", *_WRITE_COLUMNS), rows)
 
-    def _values(self, p: Profile, now: datetime) -> dict[str, Any]:
-        return {
-            "user_id": p.user_id,
-            "email": p.email,
-            "name": p.name,
-            "traits": p.traits,
-            "audiences": p.audiences,
-            "lifetime_value_units": p.ltv_units,
-            "revenue_by_currency": p.revenue_by_currency,
-            "charge_count": p.charge_count,
-            "last_charge_at": p.last_charge_at,
-            "first_seen": p.first_seen,
-            "last_seen": p.last_seen,
-            "created_at": p.created_at,
-            "updated_at": now,
-        }
+    def _values(self, bulk: Bulk, p: Profile, now: datetime) -> tuple[Any, ...]:
+        return (
+            p.user_id,
+            p.email,
+            p.name,
+            bulk.json(p.traits),
+            bulk.json(p.audiences),
+            p.ltv_units,
+            bulk.json(p.revenue_by_currency),
+            p.charge_count,
+            bulk.dt(p.last_charge_at),
+            bulk.dt(p.first_seen),
+            bulk.dt(p.last_seen),
+            bulk.dt(p.created_at),
+            bulk.dt(now),
+        )
 
     def _apply_merges(self, session: Session) -> None:
         for src_id, dst in self.rows.merges:
@@ -503,20 +546,21 @@ class ProfileBatch:
             )
             session.execute(delete(Customer).where(Customer.id == src_id))
 
-    def _update_dirty(self, session: Session) -> None:
-        now = clock.now()
-        rows = [
-            self._values(p, now) | {"b_id": p.id}
-            for p in self.profiles
-            if p.dirty and p.id is not None and p.merged_into is None and not p.deleted
-        ]
-        if rows:
-            stmt = (
-                update(table_of(Customer))
-                .where(table_of(Customer).c.id == bindparam("b_id"))
-                .values({k: bindparam(k) for k in rows[0] if k != "b_id"})
-            )
-            session.execute(stmt, rows)
+    def _update_dirty(self, bulk: Bulk) -> None:
+        moment = clock.now()
+        now = bulk.dt(moment)
+        full = []
+        seen = []
+        for p in self.profiles:
+            if p.id is None or p.merged_into is not None or p.deleted:
+                continue
+            if p.dirty:
+                full.append((*self._values(bulk, p, moment), p.id))
+            elif p.seen_changed:
+                # Most messages only move last_seen: a narrow update skips rewriting traits.
+                seen.append((bulk.dt(p.first_seen), bulk.dt(p.last_seen), now, p.id))
+        bulk.update("customers", _WRITE_COLUMNS, "id", full)
+        bulk.update("customers", ("first_seen", "last_seen", "updated_at"), "id", seen)
 
     def _insert_aliases(self, session: Session) -> None:
         rows: dict[str, dict[str, Any]] = {}
@@ -536,31 +580,59 @@ class ProfileBatch:
             set_=lambda ex: {"customer_id": ex.customer_id},
         )
 
-    def _insert_timeline(self, session: Session) -> None:
+    def _insert_timeline(self, bulk: Bulk) -> None:
         pid = self.project_id
         events = []
         for p, row in self.rows.events:
             live = self._live(p)
             if live is not None:
-                events.append({**row, "project_id": pid, "customer_id": live.id})
-        if events:
-            session.execute(insert(table_of(Event)), events)
+                events.append(
+                    (
+                        pid,
+                        live.id,
+                        row["type"],
+                        row["name"],
+                        bulk.json(row["properties"]),
+                        bulk.json(row["context"]),
+                        bulk.dt(row["timestamp"]),
+                        bulk.dt(row["received_at"]),
+                        row["message_id"],
+                    )
+                )
+        bulk.insert(
+            "events",
+            (
+                "project_id",
+                "customer_id",
+                "type",
+                "name",
+                "properties",
+                "context",
+                "timestamp",
+                "received_at",
+                "message_id",
+            ),
+            events,
+        )
         charges = []
         for p, row in self.rows.charges:
             live = self._live(p)
             if live is not None:
                 charges.append(
-                    {
-                        "project_id": pid,
-                        "customer_id": live.id,
-                        "amount_units": row["amount_units"],
-                        "currency": row["currency"],
-                        "timestamp": row["timestamp"],
-                        "message_id": row["message_id"],
-                    }
+                    (
+                        pid,
+                        live.id,
+                        row["amount_units"],
+                        row["currency"],
+                        bulk.dt(row["timestamp"]),
+                        row["message_id"],
+                    )
                 )
-        if charges:
-            session.execute(insert(table_of(Charge)), charges)
+        bulk.insert(
+            "charges",
+            ("project_id", "customer_id", "amount_units", "currency", "timestamp", "message_id"),
+            charges,
+        )
 
     def _write_groups(self, session: Session) -> None:
         if not self.groups:

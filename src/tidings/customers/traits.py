@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from tidings.clock import isoformat
@@ -75,14 +76,20 @@ def parse_datetime(value: Any) -> datetime | None:
                 return parse_datetime(float(text) if "." in text else int(text))
             except ValueError:
                 return None
-        try:
-            parsed = datetime.fromisoformat(text.replace("z", "Z"))
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
+        return _parse_iso(text)
     return None
+
+
+@lru_cache(maxsize=4096)
+def _parse_iso(text: str) -> datetime | None:
+    # Cached: a batch's sentAt and many timestamps repeat.
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def normalize_traits(raw: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,8 @@ def _make_engine(url: str, *, synchronous: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA cache_size=-65536")
             cur.execute("PRAGMA temp_store=MEMORY")
+            # Checkpoint in larger steps: fewer, bigger writes back to the database file.
+            cur.execute("PRAGMA wal_autocheckpoint=10000")
             cur.close()
 
         @event.listens_for(engine, "begin")

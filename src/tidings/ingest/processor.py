@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from tidings import clock
@@ -28,6 +28,7 @@ from tidings.auth.models import Project
 from tidings.customers.batch import Dropped, Policy, Profile, ProfileBatch
 from tidings.customers.traits import looks_like_email, normalize_traits, parse_money
 from tidings.db import Database, table_of
+from tidings.db.bulk import Bulk
 from tidings.db.upsert import upsert
 from tidings.ingest.models import InboxItem, IngestMessage, IngestStats, Lease
 from tidings.ingest.wire import (
@@ -42,6 +43,20 @@ log = logging.getLogger(__name__)
 
 LEASE_NAME = "ingest"
 LEASE_SECONDS = 30
+_LOG_COLUMNS = (
+    "project_id",
+    "message_id",
+    "type",
+    "status",
+    "reason",
+    "user_id",
+    "anonymous_id",
+    "event",
+    "customer_id",
+    "received_at",
+    "processed_at",
+    "raw",
+)
 CHARGE_EVENTS = frozenset({"Order Completed", "Completed Order"})
 KEPT_EVENTS = CHARGE_EVENTS  # kept on the timeline even when they make a charge
 
@@ -370,31 +385,31 @@ def _identifiers(entries: list[Entry]) -> dict[str, set[str]]:
 
 
 def _write_log(session: Session, pid: int, entries: list[Entry], now: datetime) -> None:
+    bulk = Bulk(session)
+    processed_at = bulk.dt(now)
     rows = []
     for e in entries:
         m = e.message
         live = e.profile.final() if e.profile is not None else None
         raw = e.raw
+        kind = m.type if m else raw.get("type")
         rows.append(
-            {
-                "project_id": pid,
-                "message_id": e.message_id,
-                "type": m.type
-                if m
-                else (raw.get("type") if isinstance(raw.get("type"), str) else None),
-                "status": e.status,
-                "reason": e.reason,
-                "user_id": m.user_id if m else None,
-                "anonymous_id": m.anonymous_id if m else None,
-                "event": (m.event or m.name) if m else None,
-                "customer_id": live.id if live is not None and not live.deleted else None,
-                "received_at": e.received_at,
-                "processed_at": now,
-                "raw": raw,
-            }
+            (
+                pid,
+                e.message_id,
+                kind if isinstance(kind, str) else None,
+                e.status,
+                e.reason,
+                m.user_id if m else None,
+                m.anonymous_id if m else None,
+                (m.event or m.name) if m else None,
+                live.id if live is not None and not live.deleted else None,
+                bulk.dt(e.received_at),
+                processed_at,
+                bulk.json(raw),
+            )
         )
-    if rows:
-        session.execute(insert(table_of(IngestMessage)), rows)
+    bulk.insert("ingest_messages", _LOG_COLUMNS, rows)
 
 
 def process_chunk(db: Database, chunk: Chunk) -> dict[int, dict[str, int]]:
