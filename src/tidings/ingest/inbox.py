@@ -11,6 +11,7 @@ import asyncio
 import logging
 import queue
 import threading
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -98,6 +99,7 @@ class InboxWriter:
                     "body": p.body,
                     "received_at": p.received_at,
                     "ip": p.ip,
+                    "token": uuid.uuid4().hex,
                 }
                 for p in group
             ]

@@ -31,6 +31,9 @@ class InboxItem(InboxBase):
     body: Mapped[bytes] = mapped_column(LargeBinary)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ip: Mapped[str | None] = mapped_column(String(64))
+    # Random per request: ids for messages sent without a messageId derive from it, so a replay
+    # after a crash dedups while a later request (even reusing a row id) never collides.
+    token: Mapped[str] = mapped_column(String(32))
 
 
 class IngestMessage(Base):

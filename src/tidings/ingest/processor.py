@@ -102,6 +102,7 @@ def read_chunk(db: Database, *, limit: int) -> Chunk:
                 table.c.body,
                 table.c.received_at,
                 table.c.ip,
+                table.c.token,
             )
             .order_by(table.c.id)
             .limit(max(1, min(256, limit // 10)))
@@ -109,7 +110,7 @@ def read_chunk(db: Database, *, limit: int) -> Chunk:
     for row in rows:
         chunk.inbox_ids.append(row.id)
         chunk.entries.extend(
-            split_body(row.id, row.project_id, row.kind, row.body, row.received_at, row.ip)
+            split_body(row.token, row.project_id, row.kind, row.body, row.received_at, row.ip)
         )
         if len(chunk.entries) >= limit:
             break
@@ -117,7 +118,7 @@ def read_chunk(db: Database, *, limit: int) -> Chunk:
 
 
 def split_body(
-    inbox_id: int, project_id: int, kind: str, body: bytes, received_at: datetime, ip: str | None
+    token: str, project_id: int, kind: str, body: bytes, received_at: datetime, ip: str | None
 ) -> list[Entry]:
     """The messages of one stored request body, with batch defaults merged into each."""
     payload = orjson.loads(body)
@@ -148,7 +149,7 @@ def split_body(
         entries.append(
             Entry(
                 project_id=project_id,
-                message_id=message_id or fallback_message_id(inbox_id, index),
+                message_id=message_id or fallback_message_id(token, index),
                 received_at=received_at,
                 raw=item,
             )

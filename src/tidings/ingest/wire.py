@@ -166,9 +166,9 @@ def merge_batch_defaults(item: dict[str, Any], envelope: dict[str, Any]) -> dict
     return item
 
 
-def fallback_message_id(inbox_id: int, index: int) -> str:
+def fallback_message_id(token: str, index: int) -> str:
     """A stable id for a message that came without one, so reprocessing stays idempotent."""
-    digest = hashlib.sha1(f"{inbox_id}:{index}".encode(), usedforsecurity=False)
+    digest = hashlib.sha1(f"{token}:{index}".encode(), usedforsecurity=False)
     return "tid-" + digest.hexdigest()[:24]
 
 

@@ -42,10 +42,16 @@ class Worker:
     def run_once(self) -> int:
         """One round: a chunk of the inbox if this worker holds the lease, then due jobs."""
         handled = 0
-        if processor.acquire_lease(self.db, self.name):
-            handled = processor.drain(
-                self.db, chunk_size=self.db.settings.processor_chunk, max_chunks=20
+        # The lease is renewed before every chunk, so it cannot lapse during a long drain.
+        for _ in range(20):
+            if not processor.acquire_lease(self.db, self.name):
+                break
+            done = processor.drain(
+                self.db, chunk_size=self.db.settings.processor_chunk, max_chunks=1
             )
+            if not done:
+                break
+            handled += done
         now = time.monotonic()
         if now - self._last_jobs > 1.0:
             self._last_jobs = now

@@ -354,6 +354,7 @@ def upgrade() -> None:
         sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.Column("received_at", tidings.db.types.UTCDateTime(), nullable=False),
         sa.Column("ip", sa.String(length=64), nullable=True),
+        sa.Column("token", sa.String(length=32), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_inbox")),
     )
 
