@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from tidings.auth import service as projects
+from tidings.auth import users
 from tidings.auth.schemas import ProjectPatch
 from tidings.config import get_settings
 from tidings.db import Database
@@ -31,6 +33,9 @@ import_app = typer.Typer(help="Bulk imports.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(project_app, name="project")
 app.add_typer(import_app, name="import")
+user_app = typer.Typer(help="Dashboard users.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+FIRST_OWNER = "owner@tidings.local"
 console = Console()
 err = Console(stderr=True)
 
@@ -49,6 +54,7 @@ def _logging() -> None:
         level=get_settings().log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @db_app.command("upgrade")
@@ -61,13 +67,22 @@ def db_upgrade() -> None:
 
 
 def _first_project(db: Database) -> None:
+    """On a fresh install: a first project and a first owner, printed once."""
     with db.session(write=True) as session:
-        if projects.list_all(session):
-            return
-        created = projects.create(session, name="My project")
-    console.print("[bold]Created your first project.[/bold] Keep the secret key: it is shown once.")
-    console.print(f"  write key:  {created.write_key}")
-    console.print(f"  secret key: {created.secret_key}")
+        created = None
+        if not projects.list_all(session):
+            created = projects.create(session, name="My project")
+        login = None
+        if users.count(session) == 0:
+            password = secrets.token_urlsafe(12)
+            users.create_user(session, email=FIRST_OWNER, password=password, role="owner")
+            login = (FIRST_OWNER, password)
+    if created:
+        console.print("[bold]Created your first project.[/bold] Keep the keys: shown once.")
+        console.print(f"  write key:  {created.write_key}")
+        console.print(f"  secret key: {created.secret_key}")
+    if login:
+        console.print(f"[bold]Dashboard login[/bold] (shown once): {login[0]} / {login[1]}")
 
 
 @app.command()
@@ -96,7 +111,10 @@ def serve(
     settings = get_settings()
     db = Database(settings)
     if migrate:
+        before = migrations.current(db)
         migrations.upgrade(db)
+        if migrations.current(db) != before:
+            console.print(f"Database migrated to revision {migrations.current(db)}.")
     try:
         migrations.require_current(db)
     except AppError as exc:
@@ -107,7 +125,8 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     console.print(
-        f"Tidings listening on http://{host}:{port}  (API docs: http://{host}:{port}/docs)"
+        f"Tidings listening on http://{host}:{port}  (API docs: http://{host}:{port}/docs)",
+        soft_wrap=True,
     )
     application = create_app(settings, worker=not no_worker)
     uvicorn.run(
@@ -207,6 +226,32 @@ def project_settings(
         _fail(exc.message)
     data = shown.model_dump(exclude={"webhook_secret", "secret_key_hint"})
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@user_app.command("create")
+def user_create(
+    email: Annotated[str, typer.Option(help="Sign-in email.")],
+    password: Annotated[str, typer.Option(help="At least 8 characters.")],
+    role: Annotated[str, typer.Option(help="owner, admin or member.")] = "member",
+    project: Annotated[
+        list[str] | None,
+        typer.Option(help="Project id, name or write key (repeatable; default all)."),
+    ] = None,
+) -> None:
+    """Create a dashboard user with a role in some or all projects."""
+    db = _db()
+    try:
+        with db.session(write=True) as session:
+            ids = (
+                [projects.get_by_reference(session, ref=p).id for p in project] if project else None
+            )
+            user = users.create_user(
+                session, email=email, password=password, role=role, project_ids=ids
+            )
+            email_shown = user.email
+    except AppError as exc:
+        _fail(exc.message)
+    console.print(f"User {email_shown} created ({role}).")
 
 
 @import_app.command("customers")

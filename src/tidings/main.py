@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
@@ -22,7 +25,12 @@ from tidings.db import Database
 from tidings.db.migrate import require_current
 from tidings.errors import AppError
 from tidings.ingest.inbox import InboxWriter, ensure_inbox_schema
+from tidings.web import pages
+from tidings.web.pages import LoginRequired
+from tidings.web.render import HERE, templates
 from tidings.worker.runner import Worker
+
+STATIC = HERE / "static"
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +87,11 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Tidi
         project.router,
         ingestion.router,
         health.router,
+        pages.router,
     ):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.middleware("http")(_security_headers)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     cors = Middleware(
         CORSMiddleware,
@@ -101,8 +112,16 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Tidi
 
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
-    async def app_error(_: Request, exc: AppError) -> JSONResponse:
+    async def app_error(request: Request, exc: AppError) -> Response:
+        if _wants_html(request):
+            return _error_page(request, exc.http_status, exc.message)
         return JSONResponse(exc.as_dict(), status_code=exc.http_status)
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        if request.headers.get("hx-request") == "true":
+            return Response(status_code=204, headers={"HX-Redirect": "/login"})
+        return RedirectResponse("/login?" + urlencode({"next": exc.next_url}), status_code=303)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -114,8 +133,48 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _wants_html(request: Request) -> bool:
+    path = request.url.path
+    return not (path.startswith(("/api/", "/v1/")) or path in ("/healthz", "/metrics"))
+
+
+_TITLES = {403: "Not allowed", 404: "Not found", 429: "Slow down", 400: "Something is off"}
+
+
+def _error_page(request: Request, status: int, message: str) -> Response:
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {
+            "status": status,
+            "title": _TITLES.get(status, "Error"),
+            "message": message,
+            "viewer": None,
+            "project": None,
+            "flashes": [],
+        },
+        status_code=status,
+    )
+
+
+async def _security_headers(request: Request, call_next: Any) -> Response:
+    response: Response = await call_next(request)
+    if _wants_html(request):
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' https: data:; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self'; frame-ancestors 'none'; form-action 'self'",
+        )
+    return response
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if _wants_html(request) and exc.status_code == 404:
+        return _error_page(request, 404, "There is no page at this address.")
     codes = {404: "not_found", 405: "method_not_allowed"}
     return JSONResponse(
         {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)},

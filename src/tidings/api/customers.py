@@ -23,6 +23,7 @@ def list_customers(
     user_id: str | None = None,
     tag: str | None = None,
     trait: Annotated[list[str] | None, Query(description="key:value, repeatable")] = None,
+    sort: Annotated[str, Query(description="created | last_seen | lifetime_value")] = "created",
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> Page[CustomerOut]:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    func,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -27,6 +28,7 @@ class Customer(Base):
         Index("uq_customers_project_user_id", "project_id", "user_id", unique=True),
         Index("ix_customers_project_email", "project_id", "email"),
         Index("ix_customers_project_last_seen", "project_id", "last_seen"),
+        Index("ix_customers_project_ltv", "project_id", "lifetime_value_units"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -165,3 +167,7 @@ __all__ = [
     "Group",
     "TraitCatalog",
 ]
+
+
+# Name search is a case-insensitive prefix match served by this expression index.
+Index("ix_customers_project_name_lower", Customer.project_id, func.lower(Customer.name))

@@ -41,6 +41,19 @@ class CustomerOut(BaseModel):
     updated_at: str
 
 
+class CustomerSummary(BaseModel):
+    """A customer in a list: no tags, groups or ids beyond the main ones."""
+
+    id: int
+    user_id: str | None
+    email: str | None
+    name: str | None
+    lifetime_value: float
+    first_seen: str
+    last_seen: str
+    created_at: str
+
+
 class EventOut(BaseModel):
     id: int
     type: str

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import Select, and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from tidings import clock
@@ -32,6 +32,7 @@ from tidings.customers.models import (
 from tidings.customers.schemas import (
     ChargeOut,
     CustomerOut,
+    CustomerSummary,
     EventOut,
     EventTypeOut,
     GroupOut,
@@ -172,31 +173,41 @@ def _trait_condition(spec: str) -> Any:
     return or_(*options)
 
 
-def search(
-    session: Session,
-    *,
+SORTS = {
+    "last_seen": "Last seen",
+    "created": "Newest",
+    "lifetime_value": "Lifetime value",
+}
+
+
+def _prefix(column: Any, text: str) -> Any:
+    """`column` starts with `text`, as a range so a plain B-tree index serves it."""
+    return and_(column >= text, column < text + "\uffff")
+
+
+def _filtered(
     project_id: int,
-    q: str | None = None,
-    email: str | None = None,
-    user_id: str | None = None,
-    tag: str | None = None,
-    traits: list[str] | None = None,
-    limit: int = 50,
-    cursor: str | None = None,
-) -> Page[CustomerOut]:
-    """Customers newest first, filtered by text, email, userId, tag and trait conditions."""
-    limit = _limit(limit)
+    *,
+    q: str | None,
+    email: str | None,
+    user_id: str | None,
+    tag: str | None,
+    traits: list[str] | None,
+) -> Select[Any]:
     query = select(Customer).where(Customer.project_id == project_id)
-    if q:
+    if q and q.strip():
         text = q.strip()
-        like = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(
-            or_(
-                Customer.email.like(like.lower() + "%", escape="\\"),
-                Customer.user_id == text,
-                Customer.name.ilike("%" + like + "%", escape="\\"),
+        low = text.lower()
+        if "@" in text:
+            query = query.where(_prefix(Customer.email, low))
+        else:
+            query = query.where(
+                or_(
+                    Customer.user_id == text,
+                    _prefix(Customer.email, low),
+                    _prefix(func.lower(Customer.name), low),
+                )
             )
-        )
     if email:
         query = query.where(Customer.email == email.strip().lower())
     if user_id:
@@ -211,17 +222,102 @@ def search(
         )
     for spec in traits or []:
         query = query.where(_trait_condition(spec))
+    return query
+
+
+def _sorted_page(
+    session: Session, query: Select[Any], *, sort: str, limit: int, cursor: str | None
+) -> tuple[list[Customer], str | None]:
+    """Keyset pagination on (sort value, id), newest/highest first."""
+    if sort not in SORTS:
+        raise BadRequest(f"sort must be one of {', '.join(SORTS)}.", code="invalid_sort")
+    column: Any = {
+        "last_seen": Customer.last_seen,
+        "created": None,
+        "lifetime_value": Customer.lifetime_value_units,
+    }[sort]
     after = decode_cursor(cursor)
     if after is not None:
-        if not isinstance(after[0], int):
-            raise BadRequest("The cursor is not valid.", code="invalid_cursor")
-        query = query.where(Customer.id < after[0])
-    rows = list(session.scalars(query.order_by(Customer.id.desc()).limit(limit + 1)))
+        try:
+            if column is None:
+                query = query.where(Customer.id < int(after[0]))
+            else:
+                value: Any = after[0]
+                if sort == "last_seen":
+                    value = datetime.fromisoformat(str(value))
+                query = query.where(
+                    or_(column < value, and_(column == value, Customer.id < int(after[1])))
+                )
+        except (ValueError, IndexError, TypeError) as exc:
+            raise BadRequest("The cursor is not valid.", code="invalid_cursor") from exc
+    order = [Customer.id.desc()] if column is None else [column.desc(), Customer.id.desc()]
+    rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
+    if not more or not rows:
+        return rows, None
+    last = rows[-1]
+    if column is None:
+        return rows, encode_cursor(last.id)
+    value = last.last_seen.isoformat() if sort == "last_seen" else last.lifetime_value_units
+    return rows, encode_cursor(value, last.id)
+
+
+def search(
+    session: Session,
+    *,
+    project_id: int,
+    q: str | None = None,
+    email: str | None = None,
+    user_id: str | None = None,
+    tag: str | None = None,
+    traits: list[str] | None = None,
+    sort: str = "created",
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[CustomerOut]:
+    """Customers filtered by text (email, name, userId), email, userId, tag and traits."""
+    query = _filtered(project_id, q=q, email=email, user_id=user_id, tag=tag, traits=traits)
+    rows, nxt = _sorted_page(session, query, sort=sort, limit=_limit(limit), cursor=cursor)
+    return Page(data=[to_out(session, c) for c in rows], next_cursor=nxt)
+
+
+def browse(
+    session: Session,
+    *,
+    project_id: int,
+    q: str | None = None,
+    tag: str | None = None,
+    traits: list[str] | None = None,
+    sort: str = "last_seen",
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[CustomerSummary]:
+    """The dashboard's customer list: summaries only, so a page is a single query."""
+    query = _filtered(project_id, q=q, email=None, user_id=None, tag=tag, traits=traits)
+    rows, nxt = _sorted_page(session, query, sort=sort, limit=_limit(limit), cursor=cursor)
     return Page(
-        data=[to_out(session, c) for c in rows],
-        next_cursor=encode_cursor(rows[-1].id) if more else None,
+        data=[
+            CustomerSummary(
+                id=c.id,
+                user_id=c.user_id,
+                email=c.email,
+                name=c.name,
+                lifetime_value=_money(c.lifetime_value_units),
+                first_seen=isoformat(c.first_seen) or "",
+                last_seen=isoformat(c.last_seen) or "",
+                created_at=isoformat(c.created_at) or "",
+            )
+            for c in rows
+        ],
+        next_cursor=nxt,
+    )
+
+
+def has_customers(session: Session, *, project_id: int) -> bool:
+    return (
+        session.scalar(select(Customer.id).where(Customer.project_id == project_id).limit(1))
+        is not None
     )
 
 

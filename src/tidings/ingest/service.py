@@ -58,24 +58,25 @@ def list_messages(
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(
-        data=[
-            MessageOut(
-                id=m.id,
-                message_id=m.message_id,
-                type=m.type,
-                status=m.status,
-                reason=m.reason,
-                user_id=m.user_id,
-                anonymous_id=m.anonymous_id,
-                event=m.event,
-                customer_id=m.customer_id,
-                received_at=isoformat(m.received_at) or "",
-                processed_at=isoformat(m.processed_at) or "",
-                raw=m.raw or {},
-            )
-            for m in rows
-        ],
+        data=[_message_out(m) for m in rows],
         next_cursor=encode_cursor(rows[-1].id) if more else None,
+    )
+
+
+def _message_out(m: IngestMessage) -> MessageOut:
+    return MessageOut(
+        id=m.id,
+        message_id=m.message_id,
+        type=m.type,
+        status=m.status,
+        reason=m.reason,
+        user_id=m.user_id,
+        anonymous_id=m.anonymous_id,
+        event=m.event,
+        customer_id=m.customer_id,
+        received_at=isoformat(m.received_at) or "",
+        processed_at=isoformat(m.processed_at) or "",
+        raw=m.raw or {},
     )
 
 
@@ -220,3 +221,35 @@ def import_customers(
     flush()
     errors.sort(key=lambda e: e.line)
     return ImportResult(imported=imported, errors=errors)
+
+
+def newest_id(session: Session, *, project_id: int) -> int:
+    """The id of the project's newest logged message (0 when none)."""
+    value = session.scalar(
+        select(IngestMessage.id)
+        .where(IngestMessage.project_id == project_id)
+        .order_by(IngestMessage.id.desc())
+        .limit(1)
+    )
+    return int(value or 0)
+
+
+def messages_after(
+    session: Session,
+    *,
+    project_id: int,
+    after: int,
+    status: str | None = None,
+    type: str | None = None,
+    limit: int = 100,
+) -> list[MessageOut]:
+    """Messages logged after `after`, newest first (the live view's poll)."""
+    query = select(IngestMessage).where(
+        IngestMessage.project_id == project_id, IngestMessage.id > after
+    )
+    if status:
+        query = query.where(IngestMessage.status == status)
+    if type:
+        query = query.where(IngestMessage.type == type)
+    rows = session.scalars(query.order_by(IngestMessage.id.desc()).limit(limit))
+    return [_message_out(m) for m in rows]
