@@ -34,8 +34,12 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     inbox_sync: Literal["full", "normal"] = Field(
-        default="full",
-        description="SQLite inbox fsync policy: full survives power loss, normal survives crashes.",
+        default="normal",
+        description=(
+            "SQLite inbox durability: `normal` (WAL) keeps every acknowledged request through a "
+            "crash or kill of Tidings; `full` also fsyncs each commit, surviving power loss at "
+            "a large cost in single-message throughput."
+        ),
     )
     processor_chunk: int = Field(default=2000, ge=1, le=20000)
     processor_idle_seconds: float = Field(default=0.05, gt=0)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from tidings.api.deps import Reader, Writer
 from tidings.customers import service
 from tidings.customers.schemas import ChargeOut, CustomerOut, EventOut, Page, TraitsPatch
+from tidings.ingest import service as ingestion
 
 router = APIRouter(prefix="/api/customers", tags=["customers"])
 
@@ -113,5 +114,5 @@ def patch_traits(ctx: Writer, customer_id: int, body: TraitsPatch) -> CustomerOu
 @router.delete("/{customer_id}")
 def erase(ctx: Writer, customer_id: int) -> dict[str, object]:
     """Erase the profile with its events, charges, tags and memberships."""
-    service.erase(ctx.session, project_id=ctx.project_id, customer_id=customer_id)
+    ingestion.erase_customer(ctx.session, project_id=ctx.project_id, customer_id=customer_id)
     return {"id": customer_id, "deleted": True}

@@ -30,6 +30,7 @@ from tidings.customers.traits import looks_like_email, normalize_traits, parse_m
 from tidings.db import Database, table_of
 from tidings.db.bulk import Bulk
 from tidings.db.upsert import upsert
+from tidings.ingest.log import redact_customer
 from tidings.ingest.models import InboxItem, IngestMessage, IngestStats, Lease
 from tidings.ingest.wire import (
     InvalidMessage,
@@ -345,6 +346,8 @@ def _apply_project(
             log.exception("message failed", extra={"project": pid, "message_id": e.message_id})
             e.status, e.reason = "failed", f"{type(exc).__name__}: {exc}"
     batch.flush(session)
+    if batch.rows.deletes:
+        redact_customer(session, project_id=pid, customer_ids=batch.rows.deletes)
     _write_log(session, pid, fresh, now)
     for e in fresh:
         counts[e.status] += 1
@@ -394,6 +397,10 @@ def _write_log(session: Session, pid: int, entries: list[Entry], now: datetime) 
         live = e.profile.final() if e.profile is not None else None
         raw = e.raw
         kind = m.type if m else raw.get("type")
+        user_id, anonymous_id = (m.user_id, m.anonymous_id) if m else (None, None)
+        if live is not None and live.deleted and kind != "delete":
+            # Erased later in this same chunk: keep the row for dedup, not the data.
+            raw, user_id, anonymous_id = {"redacted": True}, None, None
         rows.append(
             (
                 pid,
@@ -401,8 +408,8 @@ def _write_log(session: Session, pid: int, entries: list[Entry], now: datetime) 
                 kind if isinstance(kind, str) else None,
                 e.status,
                 e.reason,
-                m.user_id if m else None,
-                m.anonymous_id if m else None,
+                user_id,
+                anonymous_id,
                 (m.event or m.name) if m else None,
                 live.id if live is not None and not live.deleted else None,
                 bulk.dt(e.received_at),

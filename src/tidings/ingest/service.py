@@ -15,12 +15,14 @@ from sqlalchemy.orm import Session
 from tidings import clock
 from tidings.clock import isoformat
 from tidings.config import Settings
+from tidings.customers import service as customers
 from tidings.customers.schemas import Page
 from tidings.customers.service import decode_cursor, encode_cursor
 from tidings.customers.traits import is_date_key, looks_like_email, parse_datetime
 from tidings.db import Database
 from tidings.errors import BadRequest
 from tidings.ingest import processor
+from tidings.ingest.log import redact_customer
 from tidings.ingest.models import IngestMessage, IngestStats
 from tidings.ingest.schemas import MessageOut
 
@@ -78,6 +80,12 @@ def _message_out(m: IngestMessage) -> MessageOut:
         processed_at=isoformat(m.processed_at) or "",
         raw=m.raw or {},
     )
+
+
+def erase_customer(session: Session, *, project_id: int, customer_id: int) -> None:
+    """Erase a customer everywhere: profile, events, charges, tags, memberships, message log."""
+    customers.erase(session, project_id=project_id, customer_id=customer_id)
+    redact_customer(session, project_id=project_id, customer_ids=[customer_id])
 
 
 def stats(session: Session) -> list[IngestStats]:
