@@ -120,6 +120,7 @@ def start_server(
             pass
         time.sleep(0.1)
     process.kill()
+    process.wait()
     raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
 
 

@@ -154,6 +154,7 @@ def worker() -> None:
     w = Worker(db)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     console.print(f"Worker {w.name} started.")
+    sys.stdout.flush()  # supervisors wait for this line
     try:
         w.run()
     except KeyboardInterrupt:

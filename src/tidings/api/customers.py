@@ -28,7 +28,8 @@ def list_customers(
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> Page[CustomerOut]:
-    """Customers newest first; search by text (email, name, userId), tag and traits."""
+    """Customers (newest first, or by last seen or lifetime value); search by text (email,
+    name or userId prefix), tag and traits."""
     return service.search(
         ctx.session,
         project_id=ctx.project_id,
@@ -37,6 +38,7 @@ def list_customers(
         user_id=user_id,
         tag=tag,
         traits=trait,
+        sort=sort,
         limit=limit,
         cursor=cursor,
     )

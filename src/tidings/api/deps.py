@@ -42,5 +42,7 @@ def write_ctx(
     yield from _ctx(request, authorization, write=True)
 
 
-Reader = Annotated[Ctx, Depends(read_ctx)]
-Writer = Annotated[Ctx, Depends(write_ctx)]
+# scope="function": the session commits before the response leaves, so a 200 means committed
+# and a read right after it sees the change.
+Reader = Annotated[Ctx, Depends(read_ctx, scope="function")]
+Writer = Annotated[Ctx, Depends(write_ctx, scope="function")]

@@ -74,16 +74,22 @@ def get_or_raise(session: Session, *, project_id: int) -> Project:
 
 
 def get_by_reference(session: Session, *, ref: str) -> Project:
-    """A project by id, name or write key (for the CLI)."""
+    """A project by id, write key or name (for the CLI); refuses an ambiguous reference."""
     query = select(Project).where(
         (Project.name == ref)
         | (Project.write_key == ref)
         | (Project.id == (int(ref) if ref.isdigit() else -1))
     )
-    project = session.scalars(query).first()
-    if project is None:
+    found = list(session.scalars(query.order_by(Project.id)))
+    if not found:
         raise NotFound(f"No project named or numbered {ref!r}.")
-    return project
+    if len(found) > 1:
+        ids = ", ".join(str(p.id) for p in found)
+        raise BadRequest(
+            f"{ref!r} matches several projects (ids {ids}); give the id or the write key.",
+            code="ambiguous_project",
+        )
+    return found[0]
 
 
 def get_by_write_key(session: Session, *, write_key: str) -> Project | None:

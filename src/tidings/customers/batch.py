@@ -120,6 +120,13 @@ class Policy:
     revenue_as_charge: bool = True
 
 
+def _older(a: Profile, b: Profile) -> bool:
+    """Stored customers before new ones; among stored, the lower id."""
+    if a.id is None:
+        return False
+    return b.id is None or a.id < b.id
+
+
 class Dropped(Exception):
     """The project's identity policy refuses this message; the reason is shown to the user."""
 
@@ -179,12 +186,18 @@ class ProfileBatch:
         ]
         for column, values in wanted:
             for part in _chunks(values):
-                for row in bulk.select_in(_PROFILE_SQL, column, part, (pid,)):
+                for row in bulk.select_in(_PROFILE_SQL, column, part, (pid,), lock=True):
                     if row[0] not in seen:
                         seen[row[0]] = self._adopt(bulk, row)
         for alias, cid in alias_of.items():
             if cid in seen:
                 self.by_alias[alias] = seen[cid]
+        # An email finds its oldest customer, as the API's lookup does, whatever the load order.
+        self.by_email = {}
+        for cid in sorted(seen):
+            email = seen[cid].email
+            if email is not None:
+                self.by_email.setdefault(email, seen[cid])
         for part in _chunks(group_ids):
             for gid, gpk, gtraits in session.execute(
                 select(Group.group_id, Group.id, Group.traits).where(
@@ -198,7 +211,7 @@ class ProfileBatch:
         """Fetch customers by Tidings id (API edits go through the same write path)."""
         bulk = Bulk(session)
         for part in _chunks(customer_ids):
-            for row in bulk.select_in(_PROFILE_SQL, "id", part, (self.project_id,)):
+            for row in bulk.select_in(_PROFILE_SQL, "id", part, (self.project_id,), lock=True):
                 self._adopt(bulk, row)
 
     def _adopt(self, bulk: Bulk, row: tuple[Any, ...]) -> Profile:
@@ -237,8 +250,6 @@ class ProfileBatch:
         self.profiles.append(p)
         if p.user_id is not None:
             self.by_user[p.user_id] = p
-        if p.email is not None:
-            self.by_email.setdefault(p.email, p)
         return p
 
     # -- identity ------------------------------------------------------------------------
@@ -326,10 +337,28 @@ class ProfileBatch:
         return p
 
     def set_email(self, p: Profile, email: str) -> None:
-        if p.email != email:
-            p.email = email
-            self.by_email.setdefault(email, p)
-            p.dirty = True
+        """Change a customer's email, keeping the email index right for both addresses."""
+        if p.email == email:
+            return
+        old, p.email = p.email, email
+        p.dirty = True
+        if old is not None and self.by_email.get(old) is p:
+            self._reindex_email(old)
+        current = self.by_email.get(email)
+        if current is None or _older(p, current):
+            self.by_email[email] = p
+
+    def _reindex_email(self, email: str) -> None:
+        """Point `email` at the oldest live customer that still has it (or at nobody)."""
+        owner: Profile | None = None
+        for q in self.profiles:
+            live = q.email == email and q.merged_into is None and not q.deleted
+            if live and (owner is None or _older(q, owner)):
+                owner = q
+        if owner is None:
+            self.by_email.pop(email, None)
+        else:
+            self.by_email[email] = owner
 
     def merge(self, src: Profile, *, into: Profile) -> None:
         """Fold `src` into `into`: timelines, charges, tags, groups and ids move; `into` wins."""
@@ -393,10 +422,13 @@ class ProfileBatch:
         """Delete the customer with its events, charges, tags and memberships."""
         p = p.final()
         p.deleted = True
-        for index in (self.by_alias, self.by_user, self.by_email):
+        for index in (self.by_alias, self.by_user):
             for key, value in list(index.items()):
                 if value is p:
                     del index[key]
+        for email, owner in list(self.by_email.items()):
+            if owner is p:
+                self._reindex_email(email)
         if p.id is not None:
             self.rows.deletes.append(p.id)
 

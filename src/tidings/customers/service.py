@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, delete, func, or_, select
+from sqlalchemy import Numeric, Select, and_, case, cast, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from tidings import clock
@@ -63,6 +63,27 @@ def decode_cursor(cursor: str | None) -> list[Any] | None:
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise BadRequest("The cursor is not valid.", code="invalid_cursor") from exc
     if not isinstance(value, list) or not value:
+        raise BadRequest("The cursor is not valid.", code="invalid_cursor")
+    return value
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _cursor_time(value: Any) -> datetime:
+    """A timestamp inside a cursor: aware UTC, or a 400."""
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError as exc:
+        raise BadRequest("The cursor is not valid.", code="invalid_cursor") from exc
+    if parsed.tzinfo is None:  # cursors we issue always carry their offset
+        raise BadRequest("The cursor is not valid.", code="invalid_cursor")
+    return parsed
+
+
+def _cursor_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest("The cursor is not valid.", code="invalid_cursor")
     return value
 
@@ -155,21 +176,38 @@ def to_out(session: Session, c: Customer) -> CustomerOut:
     )
 
 
-def _trait_condition(spec: str) -> Any:
+def _trait_condition(spec: str, *, postgres: bool) -> Any:
+    """`key:value` matches a string equal to value, a number equal to it, or a boolean
+    true/false; never a value of another type (no casts that could fail or coerce)."""
     key, sep, value = spec.partition(":")
     if not sep:
         key, sep, value = spec.partition("=")
     key = key.strip()
     if not sep or not key:
         raise BadRequest("A trait filter looks like `trait=plan:pro`.", code="invalid_filter")
-    field = Customer.traits[key]
-    options = [field.as_string() == value]
-    if value in ("true", "false"):
-        options.append(field.as_boolean() == (value == "true"))
     try:
-        options.append(field.as_float() == float(value))
+        number: float | None = float(value)
     except ValueError:
-        pass
+        number = None
+    if postgres:
+        node = Customer.traits.op("->")(key)
+        kind = func.jsonb_typeof(node)
+        text_value = Customer.traits.op("->>")(key)
+        options = [and_(kind == "string", text_value == value)]
+        if value in ("true", "false"):
+            options.append(and_(kind == "boolean", text_value == value))
+        if number is not None:
+            as_number = case((kind == "number", cast(text_value, Numeric)))
+            options.append(as_number == number)
+        return or_(*options)
+    path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    kind = func.json_type(Customer.traits, path)
+    extracted = func.json_extract(Customer.traits, path)
+    options = [and_(kind == "text", extracted == value)]
+    if value in ("true", "false"):
+        options.append(kind == value)
+    if number is not None:
+        options.append(case((kind.in_(("integer", "real")), extracted)) == number)
     return or_(*options)
 
 
@@ -193,6 +231,7 @@ def _filtered(
     user_id: str | None,
     tag: str | None,
     traits: list[str] | None,
+    postgres: bool,
 ) -> Select[Any]:
     query = select(Customer).where(Customer.project_id == project_id)
     if q and q.strip():
@@ -221,7 +260,7 @@ def _filtered(
             )
         )
     for spec in traits or []:
-        query = query.where(_trait_condition(spec))
+        query = query.where(_trait_condition(spec, postgres=postgres))
     return query
 
 
@@ -238,18 +277,14 @@ def _sorted_page(
     }[sort]
     after = decode_cursor(cursor)
     if after is not None:
-        try:
-            if column is None:
-                query = query.where(Customer.id < int(after[0]))
-            else:
-                value: Any = after[0]
-                if sort == "last_seen":
-                    value = datetime.fromisoformat(str(value))
-                query = query.where(
-                    or_(column < value, and_(column == value, Customer.id < int(after[1])))
-                )
-        except (ValueError, IndexError, TypeError) as exc:
-            raise BadRequest("The cursor is not valid.", code="invalid_cursor") from exc
+        if column is None:
+            query = query.where(Customer.id < _cursor_int(after[0]))
+        else:
+            if len(after) != 2:
+                raise BadRequest("The cursor is not valid.", code="invalid_cursor")
+            value: Any = _cursor_time(after[0]) if sort == "last_seen" else _cursor_int(after[0])
+            last_id = _cursor_int(after[1])
+            query = query.where(or_(column < value, and_(column == value, Customer.id < last_id)))
     order = [Customer.id.desc()] if column is None else [column.desc(), Customer.id.desc()]
     rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
     more = len(rows) > limit
@@ -277,7 +312,15 @@ def search(
     cursor: str | None = None,
 ) -> Page[CustomerOut]:
     """Customers filtered by text (email, name, userId), email, userId, tag and traits."""
-    query = _filtered(project_id, q=q, email=email, user_id=user_id, tag=tag, traits=traits)
+    query = _filtered(
+        project_id,
+        q=q,
+        email=email,
+        user_id=user_id,
+        tag=tag,
+        traits=traits,
+        postgres=_is_postgres(session),
+    )
     rows, nxt = _sorted_page(session, query, sort=sort, limit=_limit(limit), cursor=cursor)
     return Page(data=[to_out(session, c) for c in rows], next_cursor=nxt)
 
@@ -294,7 +337,15 @@ def browse(
     cursor: str | None = None,
 ) -> Page[CustomerSummary]:
     """The dashboard's customer list: summaries only, so a page is a single query."""
-    query = _filtered(project_id, q=q, email=None, user_id=None, tag=tag, traits=traits)
+    query = _filtered(
+        project_id,
+        q=q,
+        email=None,
+        user_id=None,
+        tag=tag,
+        traits=traits,
+        postgres=_is_postgres(session),
+    )
     rows, nxt = _sorted_page(session, query, sort=sort, limit=_limit(limit), cursor=cursor)
     return Page(
         data=[
@@ -335,11 +386,9 @@ def timeline(
     query = select(Event).where(Event.customer_id == customer_id)
     after = decode_cursor(cursor)
     if after is not None:
-        try:
-            ts = datetime.fromisoformat(str(after[0]))
-            last_id = int(after[1])
-        except (ValueError, IndexError, TypeError) as exc:
-            raise BadRequest("The cursor is not valid.", code="invalid_cursor") from exc
+        if len(after) != 2:
+            raise BadRequest("The cursor is not valid.", code="invalid_cursor")
+        ts, last_id = _cursor_time(after[0]), _cursor_int(after[1])
         query = query.where(
             or_(Event.timestamp < ts, and_(Event.timestamp == ts, Event.id < last_id))
         )
@@ -379,7 +428,7 @@ def charges(
     query = select(Charge).where(Charge.customer_id == customer_id)
     after = decode_cursor(cursor)
     if after is not None:
-        query = query.where(Charge.id < int(after[0]))
+        query = query.where(Charge.id < _cursor_int(after[0]))
     rows = list(session.scalars(query.order_by(Charge.id.desc()).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]

@@ -70,14 +70,23 @@ class Bulk:
         return value
 
     def select_in(
-        self, sql: str, column: str, values: Sequence[Any], params: Sequence[Any] = ()
+        self,
+        sql: str,
+        column: str,
+        values: Sequence[Any],
+        params: Sequence[Any] = (),
+        *,
+        lock: bool = False,
     ) -> list[tuple[Any, ...]]:
         """Run `sql` (which ends in a WHERE clause) with `AND column IN (values)` appended;
-        `sql` uses `{m}` for its own placeholders."""
+        `sql` uses `{m}` for its own placeholders. `lock` takes row locks on PostgreSQL (SQLite
+        writers already hold the database lock), so a read-modify-write loses no update."""
         if not values:
             return []
         marks = ", ".join([self.mark] * len(values))
         query = sql.format(m=self.mark) + f" AND {column} IN ({marks})"
+        if lock and self.postgres:
+            query += " FOR UPDATE"
         cur = self._cursor()
         try:
             cur.execute(query, (*params, *values))

@@ -144,6 +144,8 @@ def _row_to_message(row: dict[str, str], line: int) -> dict[str, Any]:
         value = (value or "").strip()
         if not key or value == "":
             continue
+        if not _utf8(key) or not _utf8(value):
+            raise ValueError(f"column {key!r} is not valid UTF-8")
         target = ID_COLUMNS.get(key.lower())
         if target:
             message[target] = value
@@ -155,15 +157,21 @@ def _row_to_message(row: dict[str, str], line: int) -> dict[str, Any]:
         message["traits"][key] = value
     if "userId" not in message and "email" not in message["traits"]:
         raise ValueError("the row has neither user_id nor email")
-    if "userId" not in message and "anonymousId" not in message:
-        message["userId"] = message["traits"]["email"]
-    message["messageId"] = f"csv-{line}-{id(row)}"
     return message
+
+
+def _utf8(text: str) -> bool:
+    # Rows are read with surrogateescape: undecodable bytes show up as lone surrogates.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_csv(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """Rows of a CSV file with their line numbers (the header is line 1)."""
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames:
             raise BadRequest(f"{path} has no header row.", code="invalid_csv")

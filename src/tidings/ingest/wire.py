@@ -130,6 +130,14 @@ def _id(value: Any) -> str | None:
     return value[:255] or None
 
 
+def _has_email(item: dict[str, Any], kind: str) -> bool:
+    traits = item.get("traits")
+    if kind != "identify" or not isinstance(traits, dict):
+        return False
+    email = traits.get("email")
+    return isinstance(email, str) and "@" in email
+
+
 def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -216,7 +224,8 @@ def normalize(
         if user_id is None:
             raise InvalidMessage("alias without userId")
         return msg
-    if user_id is None and anonymous_id is None:
+    if user_id is None and anonymous_id is None and not _has_email(item, kind):
+        # An identify carrying only an email is accepted: customers are found by email too.
         raise InvalidMessage("no userId or anonymousId")
     if kind == "identify":
         msg.traits = _object(item.get("traits"))

@@ -51,8 +51,9 @@ def write_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-Reader = Annotated[Session, Depends(read_session)]
-Writer = Annotated[Session, Depends(write_session)]
+# Commit before the response leaves (a redirect after POST must see the write).
+Reader = Annotated[Session, Depends(read_session, scope="function")]
+Writer = Annotated[Session, Depends(write_session, scope="function")]
 
 
 def _viewer(request: Request, session: Session) -> Viewer:
