@@ -44,10 +44,22 @@ except ImportError:  # pragma: no cover
 
 BIN = Path(sys.executable).with_name("tidings")
 USERS = 10_000
-EVENTS = ["Signed In", "Viewed Dashboard", "Created Project", "Invited Teammate",
-          "Exported Report", "Upgraded Plan", "Searched", "Commented", "Shared Link", "Logged Out"]
-UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-      "Chrome/120.0 Safari/537.36")
+EVENTS = [
+    "Signed In",
+    "Viewed Dashboard",
+    "Created Project",
+    "Invited Teammate",
+    "Exported Report",
+    "Upgraded Plan",
+    "Searched",
+    "Commented",
+    "Shared Link",
+    "Logged Out",
+]
+UA = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0 Safari/537.36"
+)
 
 
 def free_port() -> int:
@@ -71,29 +83,53 @@ class Messages:
             "messageId": f"bench-{uuid.uuid4().hex}-{n}",
             "userId": f"user-{user}",
             "timestamp": now,
-            "context": {"library": {"name": "bench", "version": "1.0"}, "userAgent": UA,
-                        "ip": f"10.0.{user % 250}.{user % 200}"},
+            "context": {
+                "library": {"name": "bench", "version": "1.0"},
+                "userAgent": UA,
+                "ip": f"10.0.{user % 250}.{user % 200}",
+            },
         }
         roll = self.rng.random()
         if roll < 0.2:
-            base |= {"type": "identify", "traits": {
-                "email": f"user{user}@example.com", "name": f"User {user}",
-                "plan": self.rng.choice(["free", "pro", "team"]),
-                "created_at": 1_600_000_000 + user, "logins": self.rng.randrange(100)}}
+            base |= {
+                "type": "identify",
+                "traits": {
+                    "email": f"user{user}@example.com",
+                    "name": f"User {user}",
+                    "plan": self.rng.choice(["free", "pro", "team"]),
+                    "created_at": 1_600_000_000 + user,
+                    "logins": self.rng.randrange(100),
+                },
+            }
         elif roll < 0.8:
-            base |= {"type": "track", "event": self.rng.choice(EVENTS), "properties": {
-                "plan": self.rng.choice(["free", "pro", "team"]), "value": self.rng.random(),
-                "source": self.rng.choice(["web", "ios", "android"]), "count": n % 17}}
+            base |= {
+                "type": "track",
+                "event": self.rng.choice(EVENTS),
+                "properties": {
+                    "plan": self.rng.choice(["free", "pro", "team"]),
+                    "value": self.rng.random(),
+                    "source": self.rng.choice(["web", "ios", "android"]),
+                    "count": n % 17,
+                },
+            }
         else:
             path = self.rng.choice(["/", "/pricing", "/docs", "/blog/launch", "/app"])
-            base |= {"type": "page", "name": path.strip("/") or "home", "properties": {
-                "url": f"https://example.com{path}", "path": path, "title": "Example",
-                "referrer": "https://search.example/"}}
+            base |= {
+                "type": "page",
+                "name": path.strip("/") or "home",
+                "properties": {
+                    "url": f"https://example.com{path}",
+                    "path": path,
+                    "title": "Example",
+                    "referrer": "https://search.example/",
+                },
+            }
         return base
 
     def batch_body(self, size: int) -> bytes:
-        return orjson.dumps({"batch": [self.one() for _ in range(size)], "sentAt":
-                             datetime.now(UTC).isoformat()})
+        return orjson.dumps(
+            {"batch": [self.one() for _ in range(size)], "sentAt": datetime.now(UTC).isoformat()}
+        )
 
     def single_body(self) -> bytes:
         m = self.one()
@@ -114,11 +150,21 @@ class Phase:
         return xs[min(len(xs) - 1, int(len(xs) * p))] * 1000 if xs else float("nan")
 
 
-async def _client(port: int, path: str, auth: str, bodies: list[bytes], per: int,
-                  deadline: float, out: list[float], counts: list[int]) -> None:
+async def _client(
+    port: int,
+    path: str,
+    auth: str,
+    bodies: list[bytes],
+    per: int,
+    deadline: float,
+    out: list[float],
+    counts: list[int],
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n"
-            "Content-Type: application/json\r\n").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n"
+        "Content-Type: application/json\r\n"
+    ).encode()
     i = 0
     try:
         while time.perf_counter() < deadline and i < len(bodies):
@@ -142,15 +188,17 @@ async def _client(port: int, path: str, auth: str, bodies: list[bytes], per: int
         writer.close()
 
 
-async def drive(port: int, write_key: str, path: str, bodies: list[list[bytes]], per: int,
-                seconds: float) -> Phase:
+async def drive(
+    port: int, write_key: str, path: str, bodies: list[list[bytes]], per: int, seconds: float
+) -> Phase:
     auth = base64.b64encode(f"{write_key}:".encode()).decode()
     lat: list[float] = []
     counts = [0, 0]
     start = time.perf_counter()
     deadline = start + seconds
-    await asyncio.gather(*(_client(port, path, auth, b, per, deadline, lat, counts)
-                           for b in bodies))
+    await asyncio.gather(
+        *(_client(port, path, auth, b, per, deadline, lat, counts) for b in bodies)
+    )
     return Phase(counts[0], counts[1], time.perf_counter() - start, lat)
 
 
@@ -165,8 +213,7 @@ class Server:
         self.port = free_port()
         args = [str(BIN), "serve", "--port", str(self.port)] + ([] if worker else ["--no-worker"])
         self.log = (workdir / f"serve-{self.port}.log").open("wb")
-        self.proc = subprocess.Popen(args, env=env, cwd=workdir, stdout=self.log,
-                                     stderr=self.log)
+        self.proc = subprocess.Popen(args, env=env, cwd=workdir, stdout=self.log, stderr=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
         while True:
@@ -213,8 +260,13 @@ def prepare(url: str, workdir: Path) -> tuple[dict[str, str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
     env |= {"TIDINGS_DATABASE_URL": url, "TIDINGS_LOG_LEVEL": "WARNING"}
     subprocess.run([str(BIN), "db", "upgrade"], env=env, check=True, capture_output=True)
-    out = subprocess.run([str(BIN), "project", "create", "bench", "--json"], env=env,
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(BIN), "project", "create", "bench", "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return env, json.loads(out)["write_key"]
 
 
@@ -234,8 +286,9 @@ def bench_backend(name: str, url: str, seconds: float, clients: int) -> dict[str
         single = run_async(drive(server.port, key, "/v1/track", singles, 1, seconds / 2))
         total = ack.messages + single.messages
         worker_log = (workdir / "worker.log").open("wb")
-        worker = subprocess.Popen([str(BIN), "worker"], env=env, cwd=workdir,
-                                  stdout=worker_log, stderr=worker_log)
+        worker = subprocess.Popen(
+            [str(BIN), "worker"], env=env, cwd=workdir, stdout=worker_log, stderr=worker_log
+        )
         elapsed = wait_processed(server, total)
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
@@ -244,10 +297,13 @@ def bench_backend(name: str, url: str, seconds: float, clients: int) -> dict[str
         server.stop()
     results |= {
         "ack_msgs_per_s": ack.messages / ack.seconds,
-        "ack_p50_ms": ack.pct(0.50), "ack_p99_ms": ack.pct(0.99),
+        "ack_p50_ms": ack.pct(0.50),
+        "ack_p99_ms": ack.pct(0.99),
         "single_req_per_s": single.requests / single.seconds,
-        "single_p50_ms": single.pct(0.50), "single_p99_ms": single.pct(0.99),
-        "processed_msgs_per_s": total / elapsed, "processed_total": total,
+        "single_p50_ms": single.pct(0.50),
+        "single_p99_ms": single.pct(0.99),
+        "processed_msgs_per_s": total / elapsed,
+        "processed_total": total,
     }
     # The default deployment: embedded worker processing while clients send.
     server = Server(env, workdir, worker=True)
@@ -281,8 +337,9 @@ def postgres_database(admin_url: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
@@ -299,22 +356,34 @@ def main() -> None:
             print("PostgreSQL skipped: no --postgres-url", file=sys.stderr)
         else:
             backends.append(("PostgreSQL", postgres_database(args.postgres_url)))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
-    print(f"load: batches of 100 and single messages, {args.clients} concurrent clients, "
-          f"{args.seconds:.0f} s per phase, {USERS} users (20% identify, 60% track, 20% page)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+    print(
+        f"load: batches of 100 and single messages, {args.clients} concurrent clients, "
+        f"{args.seconds:.0f} s per phase, {USERS} users (20% identify, 60% track, 20% page)"
+    )
     for name, url in backends:
         r = bench_backend(name.lower(), url, args.seconds, args.clients)
         print(f"\n{name}")
-        print(f"  acknowledged (batches of 100): {r['ack_msgs_per_s']:>9,.0f} msg/s   "
-              f"p50 {r['ack_p50_ms']:.1f} ms  p99 {r['ack_p99_ms']:.1f} ms")
-        print(f"  single-message requests:       {r['single_req_per_s']:>9,.0f} req/s   "
-              f"p50 {r['single_p50_ms']:.1f} ms  p99 {r['single_p99_ms']:.1f} ms")
-        print(f"  fully processed (worker):      {r['processed_msgs_per_s']:>9,.0f} msg/s   "
-              f"({r['processed_total']:,.0f} messages)")
-        print(f"  serve + embedded worker:       {r['mixed_ack_msgs_per_s']:>9,.0f} msg/s acked, "
-              f"{r['mixed_processed_msgs_per_s']:,.0f} msg/s processed, "
-              f"p99 {r['mixed_p99_ms']:.1f} ms")
+        print(
+            f"  acknowledged (batches of 100): {r['ack_msgs_per_s']:>9,.0f} msg/s   "
+            f"p50 {r['ack_p50_ms']:.1f} ms  p99 {r['ack_p99_ms']:.1f} ms"
+        )
+        print(
+            f"  single-message requests:       {r['single_req_per_s']:>9,.0f} req/s   "
+            f"p50 {r['single_p50_ms']:.1f} ms  p99 {r['single_p99_ms']:.1f} ms"
+        )
+        print(
+            f"  fully processed (worker):      {r['processed_msgs_per_s']:>9,.0f} msg/s   "
+            f"({r['processed_total']:,.0f} messages)"
+        )
+        print(
+            f"  serve + embedded worker:       {r['mixed_ack_msgs_per_s']:>9,.0f} msg/s acked, "
+            f"{r['mixed_processed_msgs_per_s']:,.0f} msg/s processed, "
+            f"p99 {r['mixed_p99_ms']:.1f} ms"
+        )
 
 
 if __name__ == "__main__":
