@@ -109,7 +109,7 @@ def start_server(
             args, cwd=workdir, env=server_env(database_url, **env), stdout=log, stderr=log
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # generous: CI machines can be busy
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited:\n{log_path.read_text()}")

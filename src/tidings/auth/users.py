@@ -252,6 +252,15 @@ def invite(
     return user, None
 
 
+def current_role(session: Session, *, project_id: int, email: str) -> str | None:
+    """The role the user with this email holds in the project, if any."""
+    return session.scalar(
+        select(Membership.role)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.project_id == project_id, User.email == email.strip().lower())
+    )
+
+
 def add_owner_to_project(session: Session, *, project_id: int, user_id: int) -> None:
     """The creator of a project owns it."""
     if session.get(Membership, (user_id, project_id)) is None:

@@ -246,6 +246,7 @@ def customer_list(
         "sorts": list(customers.SORTS.items()),
         "base_url": base,
         "api_host": base.split("://", 1)[-1] + "/v1",
+        "protocol": base.split("://", 1)[0],
         "error": None,
         "customers": [],
         "next_cursor": None,
@@ -540,9 +541,7 @@ def _settings(
         members=users.members(session, project_id=project_id),
         base_url=_base_url(request),
         flashes=flashes,
-        new_secret=None,
-        new_password=None,
-        **extra,
+        **({"new_secret": None, "new_password": None} | extra),
     )
 
 
@@ -632,8 +631,11 @@ def invite(
     viewer = _viewer(request, session)
     _check_csrf(request, viewer, csrf_token)
     my_role = users.require_manager(session, user_id=viewer.user_id, project_id=project_id)
-    if role == "owner" and my_role != "owner":
-        raise Forbidden("Only owners can make owners.", code="forbidden_role")
+    if my_role != "owner" and (
+        role == "owner"
+        or users.current_role(session, project_id=project_id, email=email) == "owner"
+    ):
+        raise Forbidden("Only owners can make or change owners.", code="forbidden_role")
     user, password = users.invite(session, project_id=project_id, email=email, role=role)
     new_password = (user.email, password) if password else None
     return _settings(request, session, viewer, project_id, new_password=new_password)
