@@ -29,6 +29,7 @@ class Customer(Base):
         Index("ix_customers_project_email", "project_id", "email"),
         Index("ix_customers_project_last_seen", "project_id", "last_seen"),
         Index("ix_customers_project_ltv", "project_id", "lifetime_value_units"),
+        Index("ix_customers_project_id_id", "project_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -11,7 +11,19 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Numeric, Select, and_, case, cast, delete, func, or_, select
+from sqlalchemy import (
+    Numeric,
+    Select,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    or_,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from tidings import clock
@@ -211,6 +223,7 @@ def _trait_condition(spec: str, *, postgres: bool) -> Any:
     return or_(*options)
 
 
+_COMMON_TAG = 2000
 SORTS = {
     "last_seen": "Last seen",
     "created": "Newest",
@@ -224,6 +237,7 @@ def _prefix(column: Any, text: str) -> Any:
 
 
 def _filtered(
+    session: Session,
     project_id: int,
     *,
     q: str | None,
@@ -240,11 +254,16 @@ def _filtered(
         if "@" in text:
             query = query.where(_prefix(Customer.email, low))
         else:
+            # One indexed lookup per branch, whatever the planner's statistics say (an OR
+            # across three columns can degrade into a scan of every customer).
+            mine = Customer.project_id == project_id
             query = query.where(
-                or_(
-                    Customer.user_id == text,
-                    _prefix(Customer.email, low),
-                    _prefix(func.lower(Customer.name), low),
+                Customer.id.in_(
+                    union_all(
+                        select(Customer.id).where(mine, Customer.user_id == text),
+                        select(Customer.id).where(mine, _prefix(Customer.email, low)),
+                        select(Customer.id).where(mine, _prefix(func.lower(Customer.name), low)),
+                    )
                 )
             )
     if email:
@@ -252,13 +271,21 @@ def _filtered(
     if user_id:
         query = query.where(Customer.user_id == user_id)
     if tag:
-        query = query.where(
-            Customer.id.in_(
-                select(CustomerTag.customer_id).where(
-                    CustomerTag.project_id == project_id, CustomerTag.tag == tag
-                )
-            )
+        tagged = select(CustomerTag.customer_id).where(
+            CustomerTag.project_id == project_id, CustomerTag.tag == tag
         )
+        common = session.scalar(
+            select(func.count()).select_from(tagged.limit(_COMMON_TAG).subquery())
+        )
+        if (common or 0) >= _COMMON_TAG:
+            # A common tag: walk the sort index and probe each customer's tags.
+            query = query.where(
+                select(CustomerTag.tag)
+                .where(CustomerTag.customer_id == Customer.id, CustomerTag.tag == tag)
+                .exists()
+            )
+        else:
+            query = query.where(Customer.id.in_(tagged))
     for spec in traits or []:
         query = query.where(_trait_condition(spec, postgres=postgres))
     return query
@@ -284,7 +311,8 @@ def _sorted_page(
                 raise BadRequest("The cursor is not valid.", code="invalid_cursor")
             value: Any = _cursor_time(after[0]) if sort == "last_seen" else _cursor_int(after[0])
             last_id = _cursor_int(after[1])
-            query = query.where(or_(column < value, and_(column == value, Customer.id < last_id)))
+            # A row-value comparison is an index range; the OR form is not.
+            query = query.where(tuple_(column, Customer.id) < tuple_(value, last_id))
     order = [Customer.id.desc()] if column is None else [column.desc(), Customer.id.desc()]
     rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
     more = len(rows) > limit
@@ -313,6 +341,7 @@ def search(
 ) -> Page[CustomerOut]:
     """Customers filtered by text (email, name, userId), email, userId, tag and traits."""
     query = _filtered(
+        session,
         project_id,
         q=q,
         email=email,
@@ -338,6 +367,7 @@ def browse(
 ) -> Page[CustomerSummary]:
     """The dashboard's customer list: summaries only, so a page is a single query."""
     query = _filtered(
+        session,
         project_id,
         q=q,
         email=None,
@@ -553,6 +583,19 @@ def list_tags(
     ).all()
     page, nxt = _offset_page(list(rows), limit, offset)
     return Page(data=[TagCount(tag=t, customers=n) for t, n in page], next_cursor=nxt)
+
+
+def tag_names(session: Session, *, project_id: int, limit: int = 200) -> list[str]:
+    """The project's tag names (no counts: an index-only lookup for filter menus)."""
+    return list(
+        session.scalars(
+            select(CustomerTag.tag)
+            .where(CustomerTag.project_id == project_id)
+            .distinct()
+            .order_by(CustomerTag.tag)
+            .limit(limit)
+        )
+    )
 
 
 def list_traits(

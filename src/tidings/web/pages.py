@@ -262,7 +262,7 @@ def customer_list(
     ):
         context["empty_project"] = True
         return _page(request, "customers.html", **context)
-    context["tags"] = customers.list_tags(session, project_id=project_id, limit=200).data
+    context["tags"] = customers.tag_names(session, project_id=project_id)
     try:
         page = customers.browse(
             session,

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from tidings import clock, jobs
@@ -25,6 +26,9 @@ Handler = Callable[[Session, Database, dict[str, Any]], None]
 def _prune(session: Session, db: Database, payload: dict[str, Any]) -> None:
     removed = ingestion.prune(session, settings=db.settings)
     log.info("message log pruned", extra={"removed": removed})
+    if session.get_bind().dialect.name == "sqlite":
+        # Keep SQLite's planner statistics fresh (PostgreSQL's autovacuum does this itself).
+        session.execute(text("PRAGMA optimize"))
 
 
 HANDLERS: dict[str, Handler] = {"ingest.prune": _prune}

@@ -83,6 +83,7 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_customers_project_ltv", ["project_id", "lifetime_value_units"], unique=False
         )
+        batch_op.create_index("ix_customers_project_id_id", ["project_id", "id"], unique=False)
     # Case-insensitive name prefix search (expression index; not seen by autogenerate).
     op.create_index(
         "ix_customers_project_name_lower", "customers", ["project_id", sa.text("lower(name)")]
@@ -92,6 +93,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_customers_project_name_lower", table_name="customers")
     with op.batch_alter_table("customers", schema=None) as batch_op:
+        batch_op.drop_index("ix_customers_project_id_id")
         batch_op.drop_index("ix_customers_project_ltv")
 
     with op.batch_alter_table("web_sessions", schema=None) as batch_op:
