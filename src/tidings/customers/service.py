@@ -224,6 +224,7 @@ def _trait_condition(spec: str, *, postgres: bool) -> Any:
 
 
 _COMMON_TAG = 2000
+_SMALL_MATCH = 5000
 SORTS = {
     "last_seen": "Last seen",
     "created": "Newest",
@@ -251,21 +252,24 @@ def _filtered(
     if q and q.strip():
         text = q.strip()
         low = text.lower()
+        mine = Customer.project_id == project_id
         if "@" in text:
-            query = query.where(_prefix(Customer.email, low))
+            matches: Any = select(Customer.id).where(mine, _prefix(Customer.email, low))
         else:
             # One indexed lookup per branch, whatever the planner's statistics say (an OR
             # across three columns can degrade into a scan of every customer).
-            mine = Customer.project_id == project_id
-            query = query.where(
-                Customer.id.in_(
-                    union_all(
-                        select(Customer.id).where(mine, Customer.user_id == text),
-                        select(Customer.id).where(mine, _prefix(Customer.email, low)),
-                        select(Customer.id).where(mine, _prefix(func.lower(Customer.name), low)),
-                    )
-                )
+            matches = union_all(
+                select(Customer.id).where(mine, Customer.user_id == text),
+                select(Customer.id).where(mine, _prefix(Customer.email, low)),
+                select(Customer.id).where(mine, _prefix(func.lower(Customer.name), low)),
             )
+        # Resolve a small match set first, so ordering touches only those rows rather than
+        # walking the sort index and probing every customer.
+        ids = list(session.scalars(select(matches.subquery().c[0]).limit(_SMALL_MATCH + 1)))
+        if len(ids) <= _SMALL_MATCH:
+            query = query.where(Customer.id.in_(ids))
+        else:
+            query = query.where(Customer.id.in_(matches))
     if email:
         query = query.where(Customer.email == email.strip().lower())
     if user_id:
