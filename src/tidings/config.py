@@ -49,9 +49,6 @@ class Settings(BaseSettings):
     rejected_log_retention_days: int = Field(
         default=0, ge=0, description="Days to keep dropped/rejected/failed messages (0 = keep)."
     )
-    max_clock_skew_days: int = Field(
-        default=0, ge=0, description="Reserved: 0 applies Segment's clock-skew correction as is."
-    )
     cors_origins: str = Field(
         default="*", description="Origins allowed to call /v1/* from browsers."
     )
