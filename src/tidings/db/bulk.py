@@ -17,9 +17,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+from tidings.db.engine import json_dumps
 
 
 @lru_cache(maxsize=65536)
@@ -45,7 +43,7 @@ class Bulk:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.postgres = session.get_bind().dialect.name == "postgresql"
-        self.json = _json
+        self.json = json_dumps  # the same serializer as every JSON column
         self.mark = "%s" if self.postgres else "?"
 
     def dt(self, value: datetime | None) -> Any:

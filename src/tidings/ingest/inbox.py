@@ -127,11 +127,6 @@ def backlog(db: Database) -> tuple[int, datetime | None]:
     """How many requests wait in the inbox, and when the oldest arrived."""
     table = table_of(InboxItem)
     with db.inbox_engine.connect() as conn:
+        # min() keeps the column's UTCDateTime type, so `oldest` is already aware UTC.
         count, oldest = conn.execute(select(func.count(), func.min(table.c.received_at))).one()
-    if isinstance(oldest, str):
-        oldest = datetime.fromisoformat(oldest)
-    if oldest is not None and oldest.tzinfo is None:
-        from datetime import UTC
-
-        oldest = oldest.replace(tzinfo=UTC)
     return int(count), oldest
