@@ -18,6 +18,7 @@ import tidings.auth.models
 import tidings.customers.models
 import tidings.ingest.models
 import tidings.jobs.models
+import tidings.segments.models
 from tests.cli_support import scratch_database
 from tidings.config import Settings
 from tidings.db import Base, Database

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
@@ -24,6 +25,7 @@ from tidings.db import migrate as migrations
 from tidings.errors import AppError
 from tidings.ingest import service as ingestion
 from tidings.ingest.inbox import ensure_inbox_schema
+from tidings.segments import service as segments
 from tidings.worker.runner import Worker
 
 app = typer.Typer(help="Tidings: customer profiles from Segment-format data.", no_args_is_help=True)
@@ -35,6 +37,8 @@ app.add_typer(project_app, name="project")
 app.add_typer(import_app, name="import")
 user_app = typer.Typer(help="Dashboard users.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
+segments_app = typer.Typer(help="Segments as code.", no_args_is_help=True)
+app.add_typer(segments_app, name="segments")
 FIRST_OWNER = "owner@tidings.local"
 console = Console()
 err = Console(stderr=True)
@@ -283,6 +287,41 @@ def import_customers(
     console.print(f"Imported {result.imported} customers; {len(result.errors)} rows skipped.")
     if result.errors:
         raise typer.Exit(2 if result.imported == 0 else 0)
+
+
+def _definitions(path: Path) -> list[object]:
+    """The segment definitions in a JSON or YAML file: one, a list, or {"segments": [...]}."""
+    if not path.is_file():
+        _fail(f"No such file: {path}")
+    raw = path.read_text(encoding="utf-8")
+    try:
+        doc = json.loads(raw) if path.suffix.lower() == ".json" else yaml.safe_load(raw)
+    except (ValueError, yaml.YAMLError) as exc:
+        _fail(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}")
+    if isinstance(doc, dict) and isinstance(doc.get("segments"), list):
+        return list(doc["segments"])
+    return list(doc) if isinstance(doc, list) else [doc]
+
+
+@segments_app.command("apply")
+def segments_apply(
+    files: Annotated[list[Path], typer.Argument(help="JSON or YAML files of segment definitions.")],
+    project: Annotated[str, typer.Option("--project", help="Project id, name or write key.")],
+) -> None:
+    """Create or update segments from files, matched by name (running it twice changes nothing).
+
+    A definition is {"name", "description", "rules"}; a rule may name another segment by its
+    name. All files are applied in one transaction: an invalid one changes nothing."""
+    definitions = [d for f in files for d in _definitions(f)]
+    db = _db()
+    try:
+        with db.session(write=True) as session:
+            pid = projects.get_by_reference(session, ref=project).id
+            results = segments.apply_definitions(session, project_id=pid, definitions=definitions)
+    except AppError as exc:
+        _fail(exc.message)
+    for r in results:
+        console.print(f"{r.action:9} {r.name} (id {r.id})", highlight=False)
 
 
 def main() -> None:

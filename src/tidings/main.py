@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from tidings.api import catalogs, customers, health, ingestion, project
+from tidings.api import catalogs, customers, health, ingestion, project, segments
 from tidings.api.tracking import TrackingAPI
 from tidings.config import Settings, get_settings
 from tidings.db import Database
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Tidi
     app.state.db = db
     app.state.writer = writer
     for router in (
+        segments.router,
         customers.router,
         catalogs.router,
         project.router,

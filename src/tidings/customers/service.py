@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from tidings import clock
+from tidings import clock, jobs
 from tidings.clock import isoformat
 from tidings.customers.batch import Policy, ProfileBatch
 from tidings.customers.models import (
@@ -502,6 +502,7 @@ def update_traits(
     batch = _batch_for(session, project_id, customer_id)
     batch.set_traits(batch.profiles[0], normalize_traits(traits), clock.now())
     batch.flush(session)
+    _changed(session, project_id, customer_id)
     session.expire_all()
     return get_or_raise(session, project_id=project_id, customer_id=customer_id)
 
@@ -533,16 +534,26 @@ def add_tag(session: Session, *, project_id: int, customer_id: int, tag: str) ->
             )
         )
         session.flush()
+        _changed(session, project_id, customer_id)
     return _tags(session, customer_id)
 
 
 def remove_tag(session: Session, *, project_id: int, customer_id: int, tag: str) -> list[str]:
     """Untag a customer (idempotent); returns its tags."""
     get_or_raise(session, project_id=project_id, customer_id=customer_id)
-    session.execute(
+    removed = session.execute(
         delete(CustomerTag).where(CustomerTag.customer_id == customer_id, CustomerTag.tag == tag)
     )
+    if removed.rowcount:  # type: ignore[attr-defined]
+        _changed(session, project_id, customer_id)
     return _tags(session, customer_id)
+
+
+def _changed(session: Session, project_id: int, customer_id: int) -> None:
+    """Have the customer's segment memberships re-evaluated after an edit (in this transaction)."""
+    jobs.enqueue(
+        session, "segments.refresh", {"project_id": project_id, "customer_ids": [customer_id]}
+    )
 
 
 def _tags(session: Session, customer_id: int) -> list[str]:

@@ -39,6 +39,9 @@ from tidings.ingest.wire import (
     merge_batch_defaults,
     normalize,
 )
+from tidings.segments import membership
+from tidings.segments.evaluate import Facts
+from tidings.segments.membership import EVERYTHING
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ class Entry:
     status: str = "accepted"
     reason: str | None = None
     profile: Profile | None = None
+    # What the message changed, for segment upkeep: ("trait", key), ("event", name), ...
+    facets: set[tuple[str, ...]] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -189,6 +194,7 @@ def apply(batch: ProfileBatch, entry: Entry) -> None:
         assert msg.previous_id is not None
         assert msg.user_id is not None
         entry.profile = batch.alias(user_id=msg.user_id, previous_id=msg.previous_id, at=at)
+        entry.facets.add((EVERYTHING,))
         return
     traits = _profile_traits(msg)
     email = _email_of(msg, traits)
@@ -208,26 +214,29 @@ def apply(batch: ProfileBatch, entry: Entry) -> None:
         traits["email"] = email
     if traits:
         batch.set_traits(p, traits, msg.received_at)
+        entry.facets.update(("trait", k) for k in traits)
     p.touch(at, active=active)
     if msg.type == "identify":
-        _engage_traits(batch, p, msg)
+        _engage_traits(batch, p, msg, entry)
     elif msg.type == "group":
         assert msg.group_id is not None
         batch.link_group(p, msg.group_id, normalize_traits(msg.traits), at)
+        entry.facets.add(("group",))
     else:
-        _timeline(batch, p, msg)
+        _timeline(batch, p, msg, entry)
 
 
-def _engage_traits(batch: ProfileBatch, p: Profile, msg: Message) -> None:
+def _engage_traits(batch: ProfileBatch, p: Profile, msg: Message, entry: Entry) -> None:
     personas = msg.context.get("personas")
     if not isinstance(personas, dict) or personas.get("computation_class") != "audience":
         return
     key = personas.get("computation_key")
     if isinstance(key, str) and isinstance(msg.traits.get(key), bool):
         batch.set_audience(p, key, msg.traits[key], msg.timestamp)
+        entry.facets.add(("audience", key))
 
 
-def _timeline(batch: ProfileBatch, p: Profile, msg: Message) -> None:
+def _timeline(batch: ProfileBatch, p: Profile, msg: Message, entry: Entry) -> None:
     row = {
         "type": msg.type,
         "name": msg.event if msg.type == "track" else msg.name,
@@ -243,6 +252,7 @@ def _timeline(batch: ProfileBatch, p: Profile, msg: Message) -> None:
             key = msg.properties.get("audience_key")
             if isinstance(key, str) and key:
                 batch.set_audience(p, key, msg.event == "Audience Entered", msg.timestamp)
+                entry.facets.add(("audience", key))
         if batch.policy.revenue_as_charge:
             amount = parse_money(msg.properties.get("revenue"))
             if amount is None and msg.event in CHARGE_EVENTS:
@@ -255,9 +265,14 @@ def _timeline(batch: ProfileBatch, p: Profile, msg: Message) -> None:
                     else "USD"
                 )
                 batch.add_charge(p, amount, cur, row)
+                entry.facets.add(("revenue",))
                 if msg.event not in KEPT_EVENTS:
                     return
     batch.add_event(p, row)
+    if msg.type == "track":
+        entry.facets.add(("event", msg.event or ""))
+    elif msg.type == "page":
+        entry.facets.add(("page",))
 
 
 # -- one chunk --------------------------------------------------------------------------------
@@ -335,6 +350,7 @@ def _apply_project(
         fresh.append(e)
     batch = ProfileBatch(pid, policy)
     batch.load(session, **_identifiers(fresh))
+    known_before = {id(p) for p in batch.profiles}
     for e in fresh:
         if e.message is None:
             continue
@@ -346,6 +362,7 @@ def _apply_project(
             log.exception("message failed", extra={"project": pid, "message_id": e.message_id})
             e.status, e.reason = "failed", f"{type(exc).__name__}: {exc}"
     batch.flush(session)
+    _refresh_segments(session, pid, batch, fresh, known_before)
     if batch.rows.deletes:
         redact_customer(session, project_id=pid, customer_ids=batch.rows.deletes)
     _write_log(session, pid, fresh, now)
@@ -359,6 +376,41 @@ def _apply_project(
         set_=lambda ex: {k: getattr(table_of(IngestStats).c, k) + getattr(ex, k) for k in counts},
     )
     return counts
+
+
+def _refresh_segments(
+    session: Session, pid: int, batch: ProfileBatch, entries: list[Entry], known: set[int]
+) -> None:
+    """Update the segment memberships the chunk's changes can affect."""
+    changed: dict[int, set[Any]] = defaultdict(set)
+    live: dict[int, Profile] = {}
+    for p in batch.profiles:
+        f = p.final()
+        if f.deleted or f.id is None:
+            continue
+        live[f.id] = f
+        if id(p) not in known or p.merged_into is not None:
+            changed[f.id].add(EVERYTHING)  # new, or merged into another: everything may differ
+    for e in entries:
+        if e.profile is None or not e.facets:
+            continue
+        f = e.profile.final()
+        if f.deleted or f.id is None:
+            continue
+        changed[f.id].update(EVERYTHING if facet == (EVERYTHING,) else facet for facet in e.facets)
+    base = {
+        cid: Facts(
+            id=cid,
+            traits=p.traits,
+            audiences=p.audiences,
+            ltv_units=p.ltv_units,
+            charge_count=p.charge_count,
+            last_charge_at=p.last_charge_at,
+        )
+        for cid, p in live.items()
+        if cid in changed
+    }
+    membership.refresh(session, project_id=pid, changed=changed, base=base)
 
 
 def _identifiers(entries: list[Entry]) -> dict[str, set[str]]:

@@ -1,8 +1,9 @@
 """Background jobs: enqueue in the caller's transaction, claim, complete, retry with backoff.
 
-Owns the `jobs` table. Handlers live with their domains and are registered by worker/.
+Owns the `jobs` table and the `domain_events` outbox. Handlers live with their domains and
+are registered by worker/.
 """
 
-from tidings.jobs.service import claim, complete, enqueue, fail
+from tidings.jobs.service import claim, complete, enqueue, fail, publish
 
-__all__ = ["claim", "complete", "enqueue", "fail"]
+__all__ = ["claim", "complete", "enqueue", "fail", "publish"]

@@ -10,6 +10,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from tidings import clock
+from tidings.db.bulk import Bulk
 from tidings.jobs.models import Job
 
 
@@ -94,3 +95,16 @@ def fail(session: Session, *, job_id: int, error: str, transient: bool) -> None:
     else:
         job.status = "failed"
         job.dedupe_key = None
+
+
+def publish(session: Session, events: list[tuple[int, str, int | None, dict[str, Any]]]) -> None:
+    """Record domain events (project_id, name, customer_id, payload) in the caller's transaction."""
+    if not events:
+        return
+    bulk = Bulk(session)
+    at = bulk.dt(clock.now())
+    bulk.insert(
+        "domain_events",
+        ("project_id", "name", "customer_id", "payload", "occurred_at"),
+        [(pid, name, cid, bulk.json(payload), at) for pid, name, cid, payload in events],
+    )

@@ -9,6 +9,7 @@ import tidings.auth.models
 import tidings.customers.models
 import tidings.ingest.models
 import tidings.jobs.models
+import tidings.segments.models
 from tidings.db import Base
 
 engine: Engine = context.config.attributes["engine"]

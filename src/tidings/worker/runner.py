@@ -16,6 +16,7 @@ from tidings import clock, jobs
 from tidings.db import Database
 from tidings.ingest import processor
 from tidings.ingest import service as ingestion
+from tidings.segments import membership
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,31 @@ def _prune(session: Session, db: Database, payload: dict[str, Any]) -> None:
         session.execute(text("PRAGMA optimize"))
 
 
-HANDLERS: dict[str, Handler] = {"ingest.prune": _prune}
+def _compute_segment(session: Session, db: Database, payload: dict[str, Any]) -> None:
+    # Runs its own transactions (batches with progress); the job's session only completes it.
+    sid, version = int(payload["segment_id"]), int(payload["version"])
+    try:
+        membership.compute(db, segment_id=sid, version=version)
+    except Exception as exc:
+        log.exception("segment computation failed", extra={"segment": sid})
+        membership.mark_failed(db, segment_id=sid, version=version, error=repr(exc))
+
+
+def _refresh_segments(session: Session, db: Database, payload: dict[str, Any]) -> None:
+    ids = [int(c) for c in payload["customer_ids"]]
+    membership.refresh(
+        session,
+        project_id=int(payload["project_id"]),
+        changed={cid: {membership.EVERYTHING} for cid in ids},
+        source="edit",
+    )
+
+
+HANDLERS: dict[str, Handler] = {
+    "ingest.prune": _prune,
+    "segments.compute": _compute_segment,
+    "segments.refresh": _refresh_segments,
+}
 
 
 class Worker:
@@ -60,7 +85,16 @@ class Worker:
         if now - self._last_jobs > 1.0:
             self._last_jobs = now
             handled += self.run_jobs()
+            handled += self.run_timers()
         return handled
+
+    def run_timers(self) -> int:
+        """Segment memberships whose time flip is due."""
+        with self.db.session() as session:
+            if not membership.has_due_timers(session):
+                return 0
+        with self.db.session(write=True) as session:
+            return membership.run_due_timers(session)
 
     def run_jobs(self) -> int:
         with self.db.session(write=True) as session:

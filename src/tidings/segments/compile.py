@@ -1,0 +1,428 @@
+"""Compiling a rule tree to SQL for full evaluation, on SQLite and PostgreSQL.
+
+The output is one boolean expression over `customers c` (with bound parameters), used by full
+membership computation, previews and counts. Every leaf is wrapped so it is never NULL: `not`
+and `not_in` then mean exactly what `evaluate` says. Event, tag and group conditions are
+uncorrelated `IN (subquery)` sets, which both databases build once (a hashed subplan on
+PostgreSQL, given the work_mem that `prepare` sets).
+
+The queries for time flips live here too: for each time-based condition, the customers whose
+answer can change as time passes, with the value the boundary is computed from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from tidings.db.bulk import Bulk
+from tidings.segments.evaluate import iso
+from tidings.segments.rules import (
+    AudienceCond,
+    EventCond,
+    Group,
+    GroupCond,
+    GroupTraitCond,
+    Node,
+    Not,
+    RandomCond,
+    RevenueCond,
+    SegmentCond,
+    TagCond,
+    TraitCond,
+    ValueTest,
+    parse_instant,
+    walk,
+)
+
+_SQLITE_DATE = "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'"
+_PG_DATE = "'^[0-9]{4}-[0-9]{2}-[0-9]{2}'"
+
+
+@dataclass(slots=True)
+class Sql:
+    """Builds one statement's text and its parameters for a dialect."""
+
+    postgres: bool
+    project_id: int
+    now: datetime
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def bind(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f":{name}"
+
+    def dt(self, value: datetime) -> str:
+        """A datetime as the UTCDateTime columns store it (naive UTC; text on SQLite)."""
+        naive = value.astimezone(UTC).replace(tzinfo=None)
+        if self.postgres:
+            return self.bind(naive)
+        return self.bind(naive.isoformat(sep=" ", timespec="microseconds"))
+
+    def text_param(self, value: str) -> str:
+        return f"CAST({self.bind(value)} AS text)" if self.postgres else self.bind(value)
+
+    def false(self) -> str:
+        return "FALSE" if self.postgres else "0"
+
+    def safe(self, expr: str) -> str:
+        """The expression with NULL read as false."""
+        return f"COALESCE(({expr}), {self.false()})"
+
+    # -- JSON access --------------------------------------------------------------------------
+
+    def jpath(self, path: tuple[str, ...]) -> str:
+        if self.postgres:
+            return f"CAST({self.bind(list(path))} AS text[])"
+        return self.bind("$" + "".join(f'."{p}"' for p in path))
+
+    def jtype(self, col: str, p: str) -> str:
+        return f"jsonb_typeof({col} #> {p})" if self.postgres else f"json_type({col}, {p})"
+
+    def jtext(self, col: str, p: str) -> str:
+        return f"({col} #>> {p})" if self.postgres else f"json_extract({col}, {p})"
+
+
+# -- value tests ------------------------------------------------------------------------------
+
+
+def value_sql(q: Sql, test: ValueTest, col: str, path: tuple[str, ...]) -> str:
+    """A never-NULL SQL test of the JSON value at `path` in column `col`."""
+    op = test.op
+    if op in ("ne", "not_in", "not_contains", "not_exists"):
+        positive = {"ne": "eq", "not_in": "in", "not_contains": "contains", "not_exists": "exists"}
+        return f"NOT {value_sql(q, ValueTest(positive[op], test.value), col, path)}"
+    p = q.jpath(path)
+    typ = q.jtype(col, p)
+    val = q.jtext(col, p)
+    if op == "eq":
+        return q.safe(_eq(q, typ, col, p, test.value))
+    if op == "in":
+        return q.safe(" OR ".join(f"({_eq(q, typ, col, p, v)})" for v in test.value))
+    if op == "exists":
+        return f"COALESCE({typ}, 'null') <> 'null'"
+    if op == "contains":
+        return q.safe(_contains(q, typ, col, p, val, test.value))
+    if op == "starts_with":
+        return q.safe(f"{typ} = '{_kind(q, 'text')}' AND {_prefix(q, val, test.value)}")
+    if op in ("gt", "gte", "lt", "lte"):
+        sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[op]
+        if q.postgres:
+            j = q.bind(json.dumps(test.value))
+            return q.safe(f"{typ} = 'number' AND ({col} #> {p}) {sym} CAST({j} AS jsonb)")
+        return q.safe(f"{typ} IN ('integer', 'real') AND {val} {sym} {q.bind(test.value)}")
+    return q.safe(date_text_sql(q, test, typ, val))
+
+
+def _kind(q: Sql, sqlite_name: str) -> str:
+    if not q.postgres:
+        return sqlite_name
+    return {"text": "string", "array": "array"}[sqlite_name]
+
+
+def _eq(q: Sql, typ: str, col: str, p: str, value: Any) -> str:
+    if q.postgres:
+        return f"({col} #> {p}) = CAST({q.bind(json.dumps(value))} AS jsonb)"
+    if isinstance(value, bool):
+        return f"{typ} = '{'true' if value else 'false'}'"
+    kinds = "'text'" if isinstance(value, str) else "'integer', 'real'"
+    return f"{typ} IN ({kinds}) AND json_extract({col}, {p}) = {q.bind(value)}"
+
+
+def _contains(q: Sql, typ: str, col: str, p: str, val: str, needle: str) -> str:
+    if q.postgres:
+        arr = q.bind(json.dumps([needle]))
+        return (
+            f"({typ} = 'string' AND strpos({val}, {q.text_param(needle)}) > 0) OR "
+            f"({typ} = 'array' AND ({col} #> {p}) @> CAST({arr} AS jsonb))"
+        )
+    n = q.bind(needle)
+    return (
+        f"({typ} = 'text' AND instr({val}, {n}) > 0) OR ({typ} = 'array' AND EXISTS "
+        f"(SELECT 1 FROM json_each({col}, {p}) je WHERE je.type = 'text' AND je.value = {n}))"
+    )
+
+
+def _prefix(q: Sql, val: str, prefix: str) -> str:
+    if q.postgres:
+        return f"left({val}, {len(prefix)}) = {q.text_param(prefix)}"
+    return f"substr({val}, 1, {len(prefix)}) = {q.bind(prefix)}"
+
+
+def _date_text(q: Sql, typ: str, val: str) -> str:
+    if q.postgres:
+        return f"{typ} = 'string' AND {val} ~ {_PG_DATE}"
+    return f"{typ} = 'text' AND {val} GLOB {_SQLITE_DATE}"
+
+
+def _cmp_text(q: Sql, val: str, sym: str, value: str) -> str:
+    # PostgreSQL compares text by collation; dates compare as plain code points, as in Python.
+    if q.postgres:
+        return f'{val} COLLATE "C" {sym} {q.text_param(value)}'
+    return f"{val} {sym} {q.bind(value)}"
+
+
+def date_text_sql(q: Sql, test: ValueTest, typ: str, val: str) -> str:
+    """before / after / relative tests on an ISO date held as text."""
+    base = _date_text(q, typ, val)
+    op = test.op
+    if op == "before":
+        return f"{base} AND {_cmp_text(q, val, '<', test.value)}"
+    if op == "after":
+        return f"{base} AND {_cmp_text(q, val, '>', test.value)}"
+    days = timedelta(days=test.value)
+    now = q.now
+    if op == "within_last_days":
+        lo, hi = iso(now - days), iso(now)
+    elif op == "within_next_days":
+        lo, hi = iso(now), iso(now + days)
+    else:  # more_than_days_ago
+        return f"{base} AND {_cmp_text(q, val, '<', iso(now - days))}"
+    return f"{base} AND {_cmp_text(q, val, '>=', lo)} AND {_cmp_text(q, val, '<=', hi)}"
+
+
+def _text_test(q: Sql, test: ValueTest, val: str) -> str:
+    """A string operator on a text expression that may be NULL (page fields)."""
+    if test.op == "eq":
+        return q.safe(f"{val} = {q.text_param(test.value)}")
+    if test.op == "contains":
+        fn = "strpos" if q.postgres else "instr"
+        return q.safe(f"{fn}({val}, {q.text_param(test.value)}) > 0")
+    return q.safe(_prefix(q, val, test.value))
+
+
+# -- conditions -------------------------------------------------------------------------------
+
+
+def predicate(q: Sql, node: Node) -> str:
+    """The SQL truth of a (resolved) tree for the row `c` of customers."""
+    if isinstance(node, Group):
+        if not node.children:
+            return "1=1" if node.kind == "all" else "1=0"
+        joiner = " AND " if node.kind == "all" else " OR "
+        return "(" + joiner.join(predicate(q, c) for c in node.children) + ")"
+    if isinstance(node, Not):
+        return f"(NOT {predicate(q, node.child)})"
+    if isinstance(node, TraitCond):
+        return value_sql(q, node.test, "c.traits", node.path)
+    if isinstance(node, EventCond):
+        return _event(q, node)
+    if isinstance(node, TagCond):
+        sub = (
+            "SELECT t.customer_id FROM customer_tags t "
+            f"WHERE t.project_id = {q.bind(q.project_id)} AND t.tag = {q.bind(node.tag)}"
+        )
+        return f"c.id {'IN' if node.has else 'NOT IN'} ({sub})"
+    if isinstance(node, RevenueCond):
+        return _revenue(q, node)
+    if isinstance(node, GroupTraitCond):
+        return f"c.id IN ({_groups(q, value_sql(q, node.test, 'g.traits', node.path))})"
+    if isinstance(node, GroupCond):
+        sub = _groups(q, f"g.group_id = {q.bind(node.group_id)}")
+        return f"c.id {'IN' if node.member else 'NOT IN'} ({sub})"
+    if isinstance(node, AudienceCond):
+        p = q.jpath((node.key, "member"))
+        if q.postgres:
+            test = q.safe(f"(c.audiences #> {p}) = 'true'::jsonb")
+        else:
+            test = q.safe(f"json_type(c.audiences, {p}) = 'true'")
+        return test if node.member else f"NOT {test}"
+    if isinstance(node, SegmentCond):
+        assert node.rules is not None, "segment references must be resolved first"
+        inner = predicate(q, node.rules)
+        return inner if node.inside else f"(NOT {inner})"
+    if isinstance(node, RandomCond):
+        seed = q.bind(node.seed)
+        return (
+            f"(((c.id * 2654435761 + {seed}) % 4294967296) * 10000 / 4294967296) "
+            f"< {q.bind(node.threshold)}"
+        )
+    raise TypeError(f"unknown condition {node!r}")
+
+
+def _groups(q: Sql, test: str) -> str:
+    return (
+        "SELECT cg.customer_id FROM customer_groups cg JOIN groups g ON g.id = cg.group_pk "
+        f"WHERE g.project_id = {q.bind(q.project_id)} AND {test}"
+    )
+
+
+def _revenue(q: Sql, node: RevenueCond) -> str:
+    test = node.test
+    if node.metric != "last_charge":
+        col = "c.lifetime_value_units" if node.metric == "lifetime_value" else "c.charge_count"
+        sym = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[test.op]
+        return f"{col} {sym} {q.bind(test.value)}"
+    col = "c.last_charge_at"
+    op = test.op
+    if op == "exists":
+        return f"{col} IS NOT NULL"
+    if op == "not_exists":
+        return f"{col} IS NULL"
+    if op in ("before", "after"):
+        at = parse_instant(test.value)
+        assert at is not None
+        return q.safe(f"{col} {'<' if op == 'before' else '>'} {q.dt(at)}")
+    days = timedelta(days=test.value)
+    if op == "more_than_days_ago":
+        return q.safe(f"{col} < {q.dt(q.now - days)}")
+    lo, hi = (q.now - days, q.now) if op == "within_last_days" else (q.now, q.now + days)
+    return q.safe(f"{col} >= {q.dt(lo)} AND {col} <= {q.dt(hi)}")
+
+
+def event_filters(q: Sql, c: EventCond, *, window: bool = True) -> str:
+    """The WHERE clause selecting the events a condition counts."""
+    parts = [f"e.project_id = {q.bind(q.project_id)}", f"e.type = '{c.type}'"]
+    if c.name is not None:
+        parts.append(f"e.name = {q.bind(c.name)}")
+    if window and c.recency is None:
+        if c.window.days is not None:
+            parts.append(f"e.timestamp >= {q.dt(q.now - timedelta(days=c.window.days))}")
+        elif c.window.start is not None and c.window.end is not None:
+            parts.append(f"e.timestamp >= {q.dt(c.window.start)}")
+            parts.append(f"e.timestamp <= {q.dt(c.window.end)}")
+    if c.page_test is not None:
+        parts.append(_text_test(q, c.page_test, page_field_sql(q, c.page_field or "path")))
+    for w in c.where:
+        parts.append(value_sql(q, w.test, "e.properties", w.path))
+    return " AND ".join(parts)
+
+
+def page_field_sql(q: Sql, fld: str) -> str:
+    """A page view's url/path/...: from its properties, else from context.page."""
+    if fld == "name":
+        return "e.name"
+    p1 = q.jpath((fld,))
+    p2 = q.jpath(("page", fld))
+    s = _kind(q, "text")
+    return (
+        f"(CASE WHEN {q.jtype('e.properties', p1)} = '{s}' THEN {q.jtext('e.properties', p1)} "
+        f"WHEN {q.jtype('e.context', p2)} = '{s}' THEN {q.jtext('e.context', p2)} END)"
+    )
+
+
+def _count_sql(c: EventCond, holds: bool) -> str:
+    syms = {"eq": "=", "gte": ">=", "lte": "<=", "gt": ">", "lt": "<"}
+    expr = " AND ".join(f"COUNT(*) {syms[k]} {int(v)}" for k, v in c.count.bounds)
+    return expr if holds else f"NOT ({expr})"
+
+
+def _event(q: Sql, c: EventCond) -> str:
+    base = f"SELECT e.customer_id FROM events e WHERE {event_filters(q, c)} GROUP BY e.customer_id"
+    if c.recency is not None:
+        agg = "MIN" if c.op == "first_performed" else "MAX"
+        kind, n = c.recency
+        sym = ">=" if kind == "within_days" else "<"
+        return f"c.id IN ({base} HAVING {agg}(e.timestamp) {sym} {q.dt(q.now - timedelta(days=n))})"
+    if c.count.holds(0):
+        # Customers with no such event satisfy the count: exclude those whose count fails.
+        performed = f"c.id NOT IN ({base} HAVING {_count_sql(c, False)})"
+    else:
+        performed = f"c.id IN ({base} HAVING {_count_sql(c, True)})"
+    return f"(NOT {performed})" if c.op == "not_performed" else performed
+
+
+# -- statements -------------------------------------------------------------------------------
+
+
+def prepare(session: Session) -> None:
+    """Give PostgreSQL the memory to hash large IN sets (else it rescans them per row)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL work_mem = '256MB'"))
+
+
+def builder(session: Session, project_id: int, now: datetime) -> Sql:
+    return Sql(session.get_bind().dialect.name == "postgresql", project_id, now)
+
+
+def member_ids(session: Session, *, project_id: int, rules: Node, now: datetime) -> set[int]:
+    """Every customer of the project the rules select."""
+    q = builder(session, project_id, now)
+    where = predicate(q, rules)
+    sql = f"SELECT c.id FROM customers c WHERE c.project_id = {q.bind(project_id)} AND {where}"
+    prepare(session)
+    return set(session.execute(text(sql), q.params).scalars())
+
+
+def count_and_sample(
+    session: Session, *, project_id: int, rules: Node, now: datetime, sample: int
+) -> tuple[int, list[int]]:
+    """How many customers match, and the ids of the most recently seen few."""
+    q = builder(session, project_id, now)
+    where = f"c.project_id = {q.bind(project_id)} AND {predicate(q, rules)}"
+    prepare(session)
+    count = session.execute(text(f"SELECT count(*) FROM customers c WHERE {where}"), q.params)
+    total = int(count.scalar_one())
+    ids = session.execute(
+        text(
+            f"SELECT c.id FROM customers c WHERE {where} "
+            f"ORDER BY c.last_seen DESC, c.id DESC LIMIT {int(sample)}"
+        ),
+        q.params,
+    ).scalars()
+    return total, list(ids)
+
+
+def boundary_rows(
+    session: Session, *, project_id: int, rules: Node, now: datetime
+) -> Iterator[tuple[Node, str, Any]]:
+    """(condition, kind, rows of (customer_id, value)) for each time-based condition.
+
+    kind says how the value turns into instants: "text" (an ISO string, via the value test),
+    "instant" (a datetime, via the value test), "window" (the oldest event in the window) or
+    "recency" (the first or last matching event).
+    """
+    bulk = Bulk(session)
+    for c in walk(rules):
+        q = builder(session, project_id, now)
+        if isinstance(c, TraitCond | GroupTraitCond) and c.test.relative:
+            col = "c.traits" if isinstance(c, TraitCond) else "g.traits"
+            p = q.jpath(c.path)
+            typ, val = q.jtype(col, p), q.jtext(col, p)
+            since = now - timedelta(
+                days=1 + (0 if c.test.op == "within_next_days" else c.test.value)
+            )
+            cond = f"{_date_text(q, typ, val)} AND {_cmp_text(q, val, '>=', iso(since))}"
+            pid = q.bind(project_id)
+            if isinstance(c, TraitCond):
+                sql = f"SELECT c.id, {val} FROM customers c WHERE c.project_id = {pid} AND {cond}"
+            else:
+                sql = (
+                    f"SELECT cg.customer_id, {val} FROM customer_groups cg "
+                    f"JOIN groups g ON g.id = cg.group_pk WHERE g.project_id = {pid} AND {cond}"
+                )
+            yield c, "text", session.execute(text(sql), q.params).all()
+        elif isinstance(c, RevenueCond) and c.metric == "last_charge" and c.test.relative:
+            since = now - timedelta(
+                days=1 + (0 if c.test.op == "within_next_days" else c.test.value)
+            )
+            sql = (
+                "SELECT c.id, c.last_charge_at FROM customers c WHERE "
+                f"c.project_id = {q.bind(project_id)} AND c.last_charge_at >= {q.dt(since)}"
+            )
+            rows = [(cid, bulk.read_dt(at)) for cid, at in session.execute(text(sql), q.params)]
+            yield c, "instant", rows
+        elif isinstance(c, EventCond) and c.recency is not None:
+            agg = "MIN" if c.op == "first_performed" else "MAX"
+            since = now - timedelta(days=c.recency[1])
+            sql = (
+                f"SELECT e.customer_id, {agg}(e.timestamp) FROM events e "
+                f"WHERE {event_filters(q, c, window=False)} GROUP BY e.customer_id "
+                f"HAVING {agg}(e.timestamp) >= {q.dt(since)}"
+            )
+            rows = [(cid, bulk.read_dt(at)) for cid, at in session.execute(text(sql), q.params)]
+            yield c, "recency", rows
+        elif isinstance(c, EventCond) and c.window.days is not None:
+            sql = (
+                "SELECT e.customer_id, MIN(e.timestamp) FROM events e "
+                f"WHERE {event_filters(q, c)} GROUP BY e.customer_id"
+            )
+            rows = [(cid, bulk.read_dt(at)) for cid, at in session.execute(text(sql), q.params)]
+            yield c, "window", rows

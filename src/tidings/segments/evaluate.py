@@ -1,0 +1,399 @@
+"""Evaluating a rule tree for one customer in Python: the incremental path.
+
+`Facts` is what a customer's conditions can look at (profile columns, tags, groups, and the
+events the tree names). `holds` answers membership, `next_change` the earliest instant at which
+time alone could change the answer, `explain` every condition with its value and truth.
+
+The semantics here are the reference: `compile` must produce SQL that agrees with them on both
+databases (a property-based test checks it). Notes that both sides follow:
+- a JSON null counts as absent; `ne`, `not_in`, `not_contains` hold when the value is absent;
+- values compare by kind: a string never equals a number, a boolean never equals 1;
+- dates are ISO-8601 strings compared as text (the stored `_at` traits are all one format);
+- a relative window ends now: "within the last 7 days" is [now - 7 days, now].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tidings.clock import isoformat
+from tidings.segments.rules import (
+    DATE_RE,
+    AudienceCond,
+    EventCond,
+    Group,
+    GroupCond,
+    GroupTraitCond,
+    Node,
+    Not,
+    RandomCond,
+    RevenueCond,
+    SegmentCond,
+    TagCond,
+    TraitCond,
+    ValueTest,
+    bucket,
+    parse_instant,
+    walk,
+)
+
+MISSING: Any = object()
+# Time flips are scheduled just after the boundary, so "more than" comparisons have turned.
+EPSILON = timedelta(milliseconds=1)
+
+
+@dataclass(slots=True)
+class EventRow:
+    timestamp: datetime
+    name: str | None
+    properties: dict[str, Any]
+    context: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Facts:
+    """One customer as the conditions see it; optional parts are loaded when a tree needs them."""
+
+    id: int
+    traits: dict[str, Any]
+    audiences: dict[str, Any] = field(default_factory=dict)
+    ltv_units: int = 0
+    charge_count: int = 0
+    last_charge_at: datetime | None = None
+    tags: set[str] = field(default_factory=set)
+    groups: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # (type, name) -> rows; pages are under ("page", None).
+    events: dict[tuple[str, str | None], list[EventRow]] = field(default_factory=dict)
+
+
+def lookup(obj: Any, path: tuple[str, ...]) -> Any:
+    """The value at a dotted path in nested dicts, or MISSING (JSON null is missing too)."""
+    for key in path:
+        if not isinstance(obj, dict):
+            return MISSING
+        obj = obj.get(key, MISSING)
+        if obj is MISSING:
+            return MISSING
+    return MISSING if obj is None else obj
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    return _is_number(a) and _is_number(b) and a == b
+
+
+def is_date_text(v: Any) -> bool:
+    return isinstance(v, str) and DATE_RE.match(v) is not None
+
+
+def test_value(test: ValueTest, v: Any, now: datetime) -> bool:
+    """Apply an operator to one value (MISSING when absent)."""
+    op, arg = test.op, test.value
+    present = v is not MISSING
+    if op == "eq":
+        return present and _same(v, arg)
+    if op == "ne":
+        return not (present and _same(v, arg))
+    if op == "in":
+        return present and any(_same(v, a) for a in arg)
+    if op == "not_in":
+        return not (present and any(_same(v, a) for a in arg))
+    if op in ("contains", "not_contains"):
+        found = (isinstance(v, str) and arg in v) or (
+            isinstance(v, list) and any(isinstance(x, str) and x == arg for x in v)
+        )
+        return found if op == "contains" else not found
+    if op == "starts_with":
+        return isinstance(v, str) and v.startswith(arg)
+    if op == "exists":
+        return present
+    if op == "not_exists":
+        return not present
+    if op in ("gt", "gte", "lt", "lte"):
+        if not _is_number(v):
+            return False
+        return bool({"gt": v > arg, "gte": v >= arg, "lt": v < arg, "lte": v <= arg}[op])
+    if not is_date_text(v):
+        return False
+    if op == "before":
+        return bool(v < arg)
+    if op == "after":
+        return bool(v > arg)
+    days = timedelta(days=arg)
+    if op == "within_last_days":
+        return bool(iso(now - days) <= v <= iso(now))
+    if op == "more_than_days_ago":
+        return bool(v < iso(now - days))
+    return bool(iso(now) <= v <= iso(now + days))  # within_next_days
+
+
+def iso(dt: datetime) -> str:
+    out = isoformat(dt)
+    assert out is not None
+    return out
+
+
+def date_boundaries(test: ValueTest, v: Any, now: datetime) -> list[datetime]:
+    """Future instants at which a relative date test on value `v` can change its answer."""
+    if not test.relative or not is_date_text(v):
+        return []
+    t = parse_instant(v)
+    if t is None:
+        return []
+    days = timedelta(days=test.value)
+    points = [t, t + days] if test.op != "within_next_days" else [t - days, t]
+    if len(v) != 24:
+        # Not the canonical format: text comparison can turn up to a day later.
+        points += [p + timedelta(days=1) for p in points]
+    return [p + EPSILON for p in points if p + EPSILON > now]
+
+
+def instant_boundaries(test: ValueTest, t: datetime | None, now: datetime) -> list[datetime]:
+    """As date_boundaries, for a datetime column (last charge)."""
+    if t is None or not test.relative:
+        return []
+    days = timedelta(days=test.value)
+    points = [t, t + days] if test.op != "within_next_days" else [t - days, t]
+    return [p + EPSILON for p in points if p + EPSILON > now]
+
+
+def test_instant(test: ValueTest, t: datetime | None, now: datetime) -> bool:
+    """Apply a date operator to a datetime column (None when absent)."""
+    op = test.op
+    if op == "exists":
+        return t is not None
+    if op == "not_exists":
+        return t is None
+    if t is None:
+        return False
+    if op == "before":
+        return t < _instant(test.value)
+    if op == "after":
+        return t > _instant(test.value)
+    days = timedelta(days=test.value)
+    if op == "within_last_days":
+        return now - days <= t <= now
+    if op == "more_than_days_ago":
+        return t < now - days
+    return now <= t <= now + days
+
+
+def _instant(value: str) -> datetime:
+    t = parse_instant(value)
+    assert t is not None
+    return t
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def event_key(c: EventCond) -> tuple[str, str | None]:
+    return (c.type, c.name)
+
+
+def page_value(c: EventCond, row: EventRow) -> Any:
+    fld = c.page_field or "path"
+    if fld == "name":
+        return row.name if row.name is not None else MISSING
+    v = row.properties.get(fld)
+    if isinstance(v, str):
+        return v
+    page = row.context.get("page")
+    if isinstance(page, dict) and isinstance(page.get(fld), str):
+        return page[fld]
+    return MISSING
+
+
+def matching(c: EventCond, facts: Facts, now: datetime) -> list[datetime]:
+    """Timestamps of the customer's events that satisfy the condition's filters (not window)."""
+    out = []
+    for row in facts.events.get(event_key(c), ()):
+        if c.page_test is not None and not test_value(c.page_test, page_value(c, row), now):
+            continue
+        if all(test_value(w.test, lookup(row.properties, w.path), now) for w in c.where):
+            out.append(row.timestamp)
+    return out
+
+
+def _in_window(c: EventCond, ts: datetime, now: datetime) -> bool:
+    w = c.window
+    if w.days is not None:
+        return ts >= now - timedelta(days=w.days)
+    if w.start is not None and w.end is not None:
+        return w.start <= ts <= w.end
+    return True
+
+
+def event_summary(c: EventCond, facts: Facts, now: datetime) -> dict[str, Any]:
+    """count / first / last of the matching events, as explain shows them."""
+    stamps = matching(c, facts, now)
+    if c.recency is not None:
+        first = min(stamps) if stamps else None
+        last = max(stamps) if stamps else None
+        return {"count": len(stamps), "first": first, "last": last}
+    return {"count": sum(1 for ts in stamps if _in_window(c, ts, now))}
+
+
+def event_holds(c: EventCond, facts: Facts, now: datetime) -> bool:
+    s = event_summary(c, facts, now)
+    if c.recency is None:
+        performed = c.count.holds(s["count"])
+        return not performed if c.op == "not_performed" else performed
+    at = s["first"] if c.op == "first_performed" else s["last"]
+    if at is None:
+        return False
+    kind, n = c.recency
+    limit = now - timedelta(days=n)
+    return bool(at >= limit) if kind == "within_days" else bool(at < limit)
+
+
+def _event_boundaries(c: EventCond, facts: Facts, now: datetime) -> list[datetime]:
+    stamps = matching(c, facts, now)
+    if c.recency is not None:
+        if not stamps:
+            return []
+        at = min(stamps) if c.op == "first_performed" else max(stamps)
+        point = at + timedelta(days=c.recency[1]) + EPSILON
+        return [point] if point > now else []
+    if c.window.days is None:
+        return []
+    start = now - timedelta(days=c.window.days)
+    live = [ts for ts in stamps if ts >= start]
+    if not live:
+        return []
+    return [min(live) + timedelta(days=c.window.days) + EPSILON]
+
+
+# -- the tree ---------------------------------------------------------------------------------
+
+
+def holds(node: Node, facts: Facts, now: datetime) -> bool:
+    """Is the customer in? The reference semantics of every condition."""
+    if isinstance(node, Group):
+        if node.kind == "all":
+            return all(holds(c, facts, now) for c in node.children)
+        return any(holds(c, facts, now) for c in node.children)
+    if isinstance(node, Not):
+        return not holds(node.child, facts, now)
+    return _leaf(node, facts, now)[0]
+
+
+def _leaf(node: Node, facts: Facts, now: datetime) -> tuple[bool, Any]:
+    """(truth, the value looked at) for one condition."""
+    if isinstance(node, TraitCond):
+        v = lookup(facts.traits, node.path)
+        return test_value(node.test, v, now), v
+    if isinstance(node, EventCond):
+        return event_holds(node, facts, now), event_summary(node, facts, now)
+    if isinstance(node, TagCond):
+        has = node.tag in facts.tags
+        return has == node.has, has
+    if isinstance(node, RevenueCond):
+        return _revenue(node, facts, now)
+    if isinstance(node, GroupTraitCond):
+        values = [lookup(traits, node.path) for _, traits in facts.groups]
+        return any(test_value(node.test, v, now) for v in values), values
+    if isinstance(node, GroupCond):
+        member = any(gid == node.group_id for gid, _ in facts.groups)
+        return member == node.member, member
+    if isinstance(node, AudienceCond):
+        entry = facts.audiences.get(node.key)
+        member = isinstance(entry, dict) and entry.get("member") is True
+        return member == node.member, member
+    if isinstance(node, SegmentCond):
+        assert node.rules is not None, "segment references must be resolved first"
+        inside = holds(node.rules, facts, now)
+        return inside == node.inside, inside
+    if isinstance(node, RandomCond):
+        b = bucket(facts.id, node.seed)
+        return b < node.threshold, b
+    raise TypeError(f"unknown condition {node!r}")
+
+
+def _revenue(node: RevenueCond, facts: Facts, now: datetime) -> tuple[bool, Any]:
+    if node.metric == "last_charge":
+        return test_instant(node.test, facts.last_charge_at, now), facts.last_charge_at
+    v = facts.ltv_units if node.metric == "lifetime_value" else facts.charge_count
+    op, arg = node.test.op, node.test.value
+    ok = {
+        "eq": v == arg,
+        "ne": v != arg,
+        "gt": v > arg,
+        "gte": v >= arg,
+        "lt": v < arg,
+        "lte": v <= arg,
+    }[op]
+    return ok, (v / 10_000 if node.metric == "lifetime_value" else v)
+
+
+def next_change(node: Node, facts: Facts, now: datetime) -> datetime | None:
+    """The earliest future instant at which time alone may change any condition of the tree."""
+    points: list[datetime] = []
+    for c in walk(node):
+        points.extend(_boundaries(c, facts, now))
+    return min(points) if points else None
+
+
+def _boundaries(c: Node, facts: Facts, now: datetime) -> list[datetime]:
+    if isinstance(c, TraitCond):
+        return date_boundaries(c.test, lookup(facts.traits, c.path), now)
+    if isinstance(c, GroupTraitCond):
+        out: list[datetime] = []
+        for _, traits in facts.groups:
+            out.extend(date_boundaries(c.test, lookup(traits, c.path), now))
+        return out
+    if isinstance(c, RevenueCond) and c.metric == "last_charge":
+        return instant_boundaries(c.test, facts.last_charge_at, now)
+    if isinstance(c, EventCond):
+        return _event_boundaries(c, facts, now)
+    return []
+
+
+def explain(node: Node, facts: Facts, now: datetime, raw: Any) -> dict[str, Any]:
+    """Each group and condition with whether it holds and, for conditions, the value seen."""
+    if isinstance(node, Group):
+        kids = [
+            explain(c, facts, now, r) for c, r in zip(node.children, raw[node.kind], strict=True)
+        ]
+        truth = (
+            all(k["holds"] for k in kids) if node.kind == "all" else any(k["holds"] for k in kids)
+        )
+        return {"group": node.kind, "holds": truth, "conditions": kids}
+    if isinstance(node, Not):
+        inner = explain(node.child, facts, now, raw["not"])
+        return {"group": "not", "holds": not inner["holds"], "conditions": [inner]}
+    truth, value = _leaf(node, facts, now)
+    return {"condition": raw, "holds": truth, "value": _plain(value)}
+
+
+def _plain(value: Any) -> Any:
+    if value is MISSING:
+        return None
+    if isinstance(value, datetime):
+        return isoformat(value.astimezone(UTC))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+__all__ = [
+    "MISSING",
+    "EventRow",
+    "Facts",
+    "explain",
+    "holds",
+    "lookup",
+    "next_change",
+    "test_value",
+]

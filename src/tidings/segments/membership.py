@@ -1,0 +1,640 @@
+"""Keeping memberships current: incremental evaluation, time flips and full computation.
+
+- `refresh` runs inside the processor's transaction after each chunk: only the segments whose
+  facets a customer's messages touched are evaluated, only for that customer (a new or merged
+  customer is evaluated against every segment).
+- `run_due_timers` re-evaluates the (segment, customer) pairs whose next time flip is due.
+- `compute` evaluates a new or edited segment in full with SQL, then writes the difference in
+  batches, showing progress. While a segment computes, incremental evaluation leaves its
+  memberships alone and records the customer in `segment_rechecks`; the last step of the
+  computation evaluates them, so no change made during the computation is lost.
+
+Every entry and exit is written with its time to `segment_changes`, to the customer's timeline
+(an event of type "segment") and to the domain events (`segment.entered`, `segment.exited`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
+
+from tidings import clock, jobs
+from tidings.db import Database, table_of
+from tidings.db.bulk import Bulk
+from tidings.segments import compile as sql
+from tidings.segments.evaluate import (
+    EventRow,
+    Facts,
+    date_boundaries,
+    event_key,
+    holds,
+    instant_boundaries,
+    next_change,
+)
+from tidings.segments.models import Segment, SegmentRecheck, SegmentTimer
+from tidings.segments.rules import (
+    EventCond,
+    Facet,
+    GroupCond,
+    GroupTraitCond,
+    Node,
+    TagCond,
+    facets,
+    is_timed,
+    parse,
+    resolve,
+    walk,
+)
+
+log = logging.getLogger(__name__)
+
+EVERYTHING = "*"
+_IN = 500
+WRITE_BATCH = 20_000
+
+
+def _chunks(values: Iterable[Any], size: int = _IN) -> Iterable[list[Any]]:
+    items = list(values)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSegment:
+    id: int
+    name: str
+    version: int
+    status: str
+    tree: Node
+    facets: frozenset[Facet]
+    timed: bool
+
+
+_cache: dict[tuple[int, int], Node] = {}
+
+
+def resolved_trees(rows: list[tuple[int, int, dict[str, Any]]]) -> dict[int, Node]:
+    """Parse (id, version, rules) rows and inline segment references; bad ones are left out."""
+    parsed: dict[int, Node] = {}
+    for sid, version, rules in rows:
+        key = (sid, version)
+        if key not in _cache:
+            try:
+                _cache[key] = parse(rules)
+            except Exception:
+                log.exception("stored segment does not parse", extra={"segment": sid})
+                continue
+        parsed[sid] = _cache[key]
+    out: dict[int, Node] = {}
+    for sid, tree in parsed.items():
+        try:
+            out[sid] = resolve(tree, parsed.get)
+        except Exception:
+            log.exception("stored segment does not resolve", extra={"segment": sid})
+    return out
+
+
+def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
+    """The project's segments that are kept current (all but failed ones)."""
+    t = table_of(Segment)
+    rows = session.execute(
+        select(t.c.id, t.c.name, t.c.version, t.c.status, t.c.rules).where(
+            t.c.project_id == project_id
+        )
+    ).all()
+    trees = resolved_trees([(r.id, r.version, r.rules) for r in rows])
+    return [
+        LiveSegment(
+            r.id,
+            r.name,
+            r.version,
+            r.status,
+            trees[r.id],
+            facets(trees[r.id]),
+            is_timed(trees[r.id]),
+        )
+        for r in rows
+        if r.id in trees and r.status != "failed"
+    ]
+
+
+# -- facts ------------------------------------------------------------------------------------
+
+
+def load_facts(
+    session: Session,
+    project_id: int,
+    customer_ids: Iterable[int],
+    trees: Iterable[Node],
+    *,
+    now: datetime,
+    base: dict[int, Facts] | None = None,
+) -> dict[int, Facts]:
+    """Everything the trees can look at, for these customers, in a few queries."""
+    bulk = Bulk(session)
+    ids = sorted(set(customer_ids))
+    facts: dict[int, Facts] = {}
+    missing = []
+    for cid in ids:
+        if base is not None and cid in base:
+            facts[cid] = base[cid]
+        else:
+            missing.append(cid)
+    profile_sql = (
+        "SELECT id, traits, audiences, lifetime_value_units, charge_count, last_charge_at "
+        "FROM customers WHERE project_id = {m}"
+    )
+    for part in _chunks(missing):
+        for cid, traits, audiences, ltv, count, last in bulk.select_in(
+            profile_sql, "id", part, (project_id,)
+        ):
+            facts[cid] = Facts(
+                id=cid,
+                traits=bulk.read_json(traits) or {},
+                audiences=bulk.read_json(audiences) or {},
+                ltv_units=ltv,
+                charge_count=count,
+                last_charge_at=bulk.read_dt(last),
+            )
+    conditions = [c for tree in trees for c in walk(tree)]
+    present = sorted(facts)
+    if any(isinstance(c, TagCond) for c in conditions):
+        tag_sql = "SELECT customer_id, tag FROM customer_tags WHERE project_id = {m}"
+        for part in _chunks(present):
+            for cid, tag in bulk.select_in(tag_sql, "customer_id", part, (project_id,)):
+                facts[cid].tags.add(tag)
+    if any(isinstance(c, GroupTraitCond | GroupCond) for c in conditions):
+        group_sql = (
+            "SELECT cg.customer_id, g.group_id, g.traits FROM customer_groups cg "
+            "JOIN groups g ON g.id = cg.group_pk WHERE g.project_id = {m}"
+        )
+        for part in _chunks(present):
+            for cid, gid, gtraits in bulk.select_in(
+                group_sql, "cg.customer_id", part, (project_id,)
+            ):
+                facts[cid].groups.append((gid, bulk.read_json(gtraits) or {}))
+    _load_events(bulk, project_id, facts, [c for c in conditions if isinstance(c, EventCond)], now)
+    return facts
+
+
+def _load_events(
+    bulk: Bulk, project_id: int, facts: dict[int, Facts], conds: list[EventCond], now: datetime
+) -> None:
+    if not conds or not facts:
+        return
+    # The oldest instant each (type, name) needs: a bounded window prunes the history read.
+    since: dict[tuple[str, str | None], datetime | None] = {}
+    for c in conds:
+        key = event_key(c)
+        if c.recency is None and c.window.days is not None:
+            start: datetime | None = now - timedelta(days=c.window.days)
+        elif c.recency is None and c.window.start is not None:
+            start = c.window.start
+        else:
+            start = None
+        if key not in since:
+            since[key] = start
+        elif since[key] is not None:
+            current = since[key]
+            since[key] = None if start is None else min(start, current)  # type: ignore[type-var]
+    present = sorted(facts)
+    for (typ, name), start in since.items():
+        sql_text = (
+            "SELECT customer_id, timestamp, name, properties, context FROM events "
+            "WHERE project_id = {m} AND type = {m}"
+        )
+        params: list[Any] = [project_id, typ]
+        if name is not None:
+            sql_text += " AND name = {m}"
+            params.append(name)
+        if start is not None:
+            sql_text += " AND timestamp >= {m}"
+            params.append(bulk.dt(start))
+        key = (typ, name)
+        for part in _chunks(present):
+            for cid, ts, ename, props, ctx in bulk.select_in(sql_text, "customer_id", part, params):
+                facts[cid].events.setdefault(key, []).append(
+                    EventRow(
+                        timestamp=bulk.read_dt(ts),  # type: ignore[arg-type]
+                        name=ename,
+                        properties=bulk.read_json(props) or {},
+                        context=bulk.read_json(ctx) or {} if typ == "page" else {},
+                    )
+                )
+
+
+# -- evaluating and writing -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Change:
+    segment: LiveSegment
+    customer_id: int
+    entered: bool
+
+
+def refresh(
+    session: Session,
+    *,
+    project_id: int,
+    changed: dict[int, set[Facet | str]],
+    base: dict[int, Facts] | None = None,
+    source: str = "event",
+) -> int:
+    """Re-evaluate the segments each customer's changes can affect; returns memberships changed.
+
+    `changed` maps a customer id to the facets that changed ("*" for everything).
+    """
+    if not changed:
+        return 0
+    segments = live_segments(session, project_id)
+    if not segments:
+        return 0
+    pairs: dict[int, list[LiveSegment]] = {}
+    for cid, touched in changed.items():
+        if EVERYTHING in touched:
+            pairs[cid] = segments
+        else:
+            wanted = [s for s in segments if s.facets & touched]
+            if wanted:
+                pairs[cid] = wanted
+    return evaluate_pairs(session, project_id=project_id, pairs=pairs, base=base, source=source)
+
+
+def evaluate_pairs(
+    session: Session,
+    *,
+    project_id: int,
+    pairs: dict[int, list[LiveSegment]],
+    base: dict[int, Facts] | None = None,
+    source: str,
+) -> int:
+    """Evaluate each customer against its segments; write entries, exits and timers."""
+    if not pairs:
+        return 0
+    now = clock.now()
+    used = {s.id: s for segs in pairs.values() for s in segs}
+    facts = load_facts(
+        session, project_id, pairs, [s.tree for s in used.values()], now=now, base=base
+    )
+    bulk = Bulk(session)
+    ids = sorted(facts)
+    current: set[tuple[int, int]] = set()
+    member_sql = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
+    for part in _chunks(ids):
+        current.update(
+            (sid, cid)
+            for sid, cid in bulk.select_in(member_sql, "customer_id", part)
+            if sid in used
+        )
+    timers: dict[tuple[int, int], datetime] = {}
+    if any(s.timed for s in used.values()):
+        timer_sql = "SELECT segment_id, customer_id, due_at FROM segment_timers WHERE 1 = 1"
+        for part in _chunks(ids):
+            for sid, cid, due in bulk.select_in(timer_sql, "customer_id", part):
+                if sid in used:
+                    timers[(sid, cid)] = bulk.read_dt(due)  # type: ignore[assignment]
+    changes: list[Change] = []
+    rechecks: list[dict[str, int]] = []
+    set_timers: list[tuple[int, int, datetime]] = []
+    drop_timers: list[tuple[int, int]] = []
+    for cid, segs in pairs.items():
+        f = facts.get(cid)
+        if f is None:
+            continue  # erased in the meantime
+        for s in segs:
+            if s.status == "computing":
+                rechecks.append({"segment_id": s.id, "customer_id": cid})
+                continue
+            inside = holds(s.tree, f, now)
+            if inside != ((s.id, cid) in current):
+                changes.append(Change(s, cid, inside))
+            if s.timed:
+                due = next_change(s.tree, f, now)
+                old = timers.get((s.id, cid))
+                if due is None and old is not None:
+                    drop_timers.append((s.id, cid))
+                elif due is not None and due != old:
+                    set_timers.append((s.id, cid, due))
+    apply_changes(session, project_id, changes, now=now, source=source)
+    _write_timers(session, project_id, set_timers, drop_timers)
+    if rechecks:
+        from tidings.db.upsert import upsert
+
+        upsert(session, table_of(SegmentRecheck), rechecks, keys=("segment_id", "customer_id"))
+    return len(changes)
+
+
+def apply_changes(
+    session: Session, project_id: int, changes: list[Change], *, now: datetime, source: str
+) -> None:
+    """Write entries and exits: members, history, timeline events, domain events, counts."""
+    if not changes:
+        return
+    bulk = Bulk(session)
+    at = bulk.dt(now)
+    entered = [(c.segment.id, c.customer_id, at) for c in changes if c.entered]
+    exited = [(c.segment.id, c.customer_id) for c in changes if not c.entered]
+    bulk.insert("segment_members", ("segment_id", "customer_id", "entered_at"), entered)
+    if exited:
+        cur = bulk.session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            m = bulk.mark
+            cur.executemany(
+                f"DELETE FROM segment_members WHERE segment_id = {m} AND customer_id = {m}",  # noqa: S608
+                exited,
+            )
+        finally:
+            cur.close()
+    kinds = {True: "entered", False: "exited"}
+    bulk.insert(
+        "segment_changes",
+        ("project_id", "segment_id", "customer_id", "change", "at"),
+        [(project_id, c.segment.id, c.customer_id, kinds[c.entered], at) for c in changes],
+    )
+    bulk.insert(
+        "events",
+        (
+            "project_id",
+            "customer_id",
+            "type",
+            "name",
+            "properties",
+            "context",
+            "timestamp",
+            "received_at",
+        ),
+        [
+            (
+                project_id,
+                c.customer_id,
+                "segment",
+                c.segment.name[:255],
+                bulk.json({"segment_id": c.segment.id, "change": kinds[c.entered]}),
+                bulk.json({"source": source}),
+                at,
+                at,
+            )
+            for c in changes
+        ],
+    )
+    jobs.publish(
+        session,
+        [
+            (
+                project_id,
+                f"segment.{kinds[c.entered]}",
+                c.customer_id,
+                {
+                    "segment_id": c.segment.id,
+                    "segment_name": c.segment.name,
+                    "customer_id": c.customer_id,
+                    "source": source,
+                },
+            )
+            for c in changes
+        ],
+    )
+    delta: dict[int, int] = defaultdict(int)
+    for c in changes:
+        delta[c.segment.id] += 1 if c.entered else -1
+    t = table_of(Segment)
+    for sid, d in delta.items():
+        if d:
+            session.execute(
+                update(t).where(t.c.id == sid).values(member_count=t.c.member_count + d)
+            )
+
+
+def _write_timers(
+    session: Session,
+    project_id: int,
+    set_timers: list[tuple[int, int, datetime]],
+    drop_timers: list[tuple[int, int]],
+) -> None:
+    if not set_timers and not drop_timers:
+        return
+    bulk = Bulk(session)
+    m = bulk.mark
+    cur = bulk.session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        gone = drop_timers + [(s, c) for s, c, _ in set_timers]
+        cur.executemany(
+            f"DELETE FROM segment_timers WHERE segment_id = {m} AND customer_id = {m}",  # noqa: S608
+            gone,
+        )
+    finally:
+        cur.close()
+    bulk.insert(
+        "segment_timers",
+        ("segment_id", "customer_id", "project_id", "due_at"),
+        [(s, c, project_id, bulk.dt(due)) for s, c, due in set_timers],
+    )
+
+
+# -- time flips -------------------------------------------------------------------------------
+
+
+def has_due_timers(session: Session) -> bool:
+    t = table_of(SegmentTimer)
+    return (
+        session.execute(select(t.c.segment_id).where(t.c.due_at <= clock.now()).limit(1)).first()
+        is not None
+    )
+
+
+def run_due_timers(session: Session, *, limit: int = 5000) -> int:
+    """Re-evaluate memberships whose next time flip is due; returns pairs evaluated."""
+    t = table_of(SegmentTimer)
+    rows = session.execute(
+        select(t.c.segment_id, t.c.customer_id, t.c.project_id)
+        .where(t.c.due_at <= clock.now())
+        .order_by(t.c.due_at)
+        .limit(limit)
+    ).all()
+    if not rows:
+        return 0
+    bulk = Bulk(session)
+    m = bulk.mark
+    cur = bulk.session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.executemany(
+            f"DELETE FROM segment_timers WHERE segment_id = {m} AND customer_id = {m}",  # noqa: S608
+            [(r.segment_id, r.customer_id) for r in rows],
+        )
+    finally:
+        cur.close()
+    by_project: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for r in rows:
+        by_project[r.project_id][r.customer_id].add(r.segment_id)
+    for pid, wanted in by_project.items():
+        segments = {s.id: s for s in live_segments(session, pid)}
+        pairs = {
+            cid: [segments[sid] for sid in sids if sid in segments] for cid, sids in wanted.items()
+        }
+        evaluate_pairs(session, project_id=pid, pairs=pairs, source="time")
+    return len(rows)
+
+
+# -- full computation -------------------------------------------------------------------------
+
+
+def _segment_row(session: Session, segment_id: int) -> Segment | None:
+    return session.get(Segment, segment_id)
+
+
+def _set_progress(db: Database, segment_id: int, version: int, progress: int) -> bool:
+    """Record progress; False when the segment was edited or deleted meanwhile."""
+    with db.session(write=True) as session:
+        t = table_of(Segment)
+        result = session.execute(
+            update(t).where(t.c.id == segment_id, t.c.version == version).values(progress=progress)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def compute(db: Database, *, segment_id: int, version: int) -> None:
+    """Compute a segment's membership in full; a newer version's job supersedes this one."""
+    now = clock.now()
+    with db.session() as session:
+        seg = _segment_row(session, segment_id)
+        if seg is None or seg.version != version:
+            return
+        pid = seg.project_id
+        live = {s.id: s for s in live_segments(session, pid)}
+        me = live.get(segment_id)
+        if me is None:
+            raise ValueError(f"segment {segment_id} does not resolve")
+        new_ids = sql.member_ids(session, project_id=pid, rules=me.tree, now=now)
+        old_ids = set(
+            session.execute(
+                text("SELECT customer_id FROM segment_members WHERE segment_id = :s"),
+                {"s": segment_id},
+            ).scalars()
+        )
+        due = timer_plan(session, project_id=pid, rules=me.tree, now=now) if me.timed else {}
+    if not _set_progress(db, segment_id, version, 40):
+        return
+    changes = [(cid, True) for cid in sorted(new_ids - old_ids)]
+    changes += [(cid, False) for cid in sorted(old_ids - new_ids)]
+    done = 0
+    for part in _chunks(changes, WRITE_BATCH):
+        with db.session(write=True) as session:
+            seg = _segment_row(session, segment_id)
+            if seg is None or seg.version != version:
+                return
+            exists = _existing(session, [cid for cid, _ in part])
+            apply_changes(
+                session,
+                pid,
+                [Change(me, cid, entered) for cid, entered in part if cid in exists],
+                now=now,
+                source="compute",
+            )
+            done += len(part)
+            seg.progress = 40 + int(50 * done / max(1, len(changes)))
+    with db.session(write=True) as session:
+        seg = _segment_row(session, segment_id)
+        if seg is None or seg.version != version:
+            return
+        _replace_timers(session, pid, segment_id, due)
+        seg.status = "ready"
+        session.flush()
+        _recheck(session, pid, segment_id)
+        seg.member_count = int(
+            session.execute(
+                text("SELECT count(*) FROM segment_members WHERE segment_id = :s"),
+                {"s": segment_id},
+            ).scalar_one()
+        )
+        seg.progress = 100
+        seg.error = None
+        seg.computed_at = clock.now()
+
+
+def mark_failed(db: Database, *, segment_id: int, version: int, error: str) -> None:
+    with db.session(write=True) as session:
+        t = table_of(Segment)
+        session.execute(
+            update(t)
+            .where(t.c.id == segment_id, t.c.version == version)
+            .values(status="failed", error=error[:2000])
+        )
+
+
+def _existing(session: Session, ids: list[int]) -> set[int]:
+    bulk = Bulk(session)
+    out: set[int] = set()
+    for part in _chunks(ids):
+        out.update(r[0] for r in bulk.select_in("SELECT id FROM customers WHERE 1 = 1", "id", part))
+    return out
+
+
+def _replace_timers(
+    session: Session, project_id: int, segment_id: int, due: dict[int, datetime]
+) -> None:
+    session.execute(text("DELETE FROM segment_timers WHERE segment_id = :s"), {"s": segment_id})
+    bulk = Bulk(session)
+    live = _existing(session, list(due))
+    bulk.insert(
+        "segment_timers",
+        ("segment_id", "customer_id", "project_id", "due_at"),
+        [(segment_id, cid, project_id, bulk.dt(at)) for cid, at in due.items() if cid in live],
+    )
+
+
+def _recheck(session: Session, project_id: int, segment_id: int) -> None:
+    ids = list(
+        session.execute(
+            text("SELECT customer_id FROM segment_rechecks WHERE segment_id = :s"),
+            {"s": segment_id},
+        ).scalars()
+    )
+    if not ids:
+        return
+    session.execute(text("DELETE FROM segment_rechecks WHERE segment_id = :s"), {"s": segment_id})
+    me = next((s for s in live_segments(session, project_id) if s.id == segment_id), None)
+    if me is not None:
+        evaluate_pairs(
+            session, project_id=project_id, pairs={cid: [me] for cid in ids}, source="event"
+        )
+
+
+def timer_plan(
+    session: Session, *, project_id: int, rules: Node, now: datetime
+) -> dict[int, datetime]:
+    """For every customer whose membership time alone can change: the earliest such instant.
+
+    The same boundaries as `evaluate.next_change`, gathered with one query per condition.
+    """
+    due: dict[int, datetime] = {}
+
+    def note(cid: int, points: list[datetime]) -> None:
+        for p in points:
+            if p > now and (cid not in due or p < due[cid]):
+                due[cid] = p
+
+    from tidings.segments.evaluate import EPSILON
+
+    for cond, kind, rows in sql.boundary_rows(session, project_id=project_id, rules=rules, now=now):
+        for cid, value in rows:
+            if kind == "text":
+                note(cid, date_boundaries(cond.test, value, now))  # type: ignore[union-attr]
+            elif kind == "instant":
+                note(cid, instant_boundaries(cond.test, value, now))  # type: ignore[union-attr]
+            elif kind == "recency":
+                assert isinstance(cond, EventCond)
+                assert cond.recency is not None
+                note(cid, [value + timedelta(days=cond.recency[1]) + EPSILON])
+            else:
+                assert isinstance(cond, EventCond)
+                assert cond.window.days is not None
+                note(cid, [value + timedelta(days=cond.window.days) + EPSILON])
+    return due

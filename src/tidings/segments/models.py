@@ -1,0 +1,98 @@
+"""Segment tables: definitions, current members, the history of entries and exits, the
+instants at which time alone may change a membership, and customers to recheck after a full
+computation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tidings.db import Base, JSONType, UTCDateTime
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Segment(Base):
+    __tablename__ = "segments"
+    __table_args__ = (Index("uq_segments_project_name", "project_id", "name", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    rules: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # The ids of the segments `rules` names directly (for cycle checks and recomputation).
+    refs: Mapped[list[int]] = mapped_column(JSONType, default=list)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(10), default="computing")  # computing|ready|failed
+    progress: Mapped[int] = mapped_column(Integer, default=0)  # percent while computing
+    error: Mapped[str | None] = mapped_column(Text)
+    member_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    computed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SegmentMember(Base):
+    __tablename__ = "segment_members"
+    __table_args__ = (Index("ix_segment_members_customer", "customer_id"),)
+
+    segment_id: Mapped[int] = mapped_column(
+        ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
+    )
+    entered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SegmentChange(Base):
+    """An entry or exit, kept for the segment's history and growth."""
+
+    __tablename__ = "segment_changes"
+    __table_args__ = (
+        Index("ix_segment_changes_segment_at", "segment_id", "at"),
+        Index("ix_segment_changes_customer", "customer_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(Integer)
+    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id", ondelete="CASCADE"))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    change: Mapped[str] = mapped_column(String(8))  # entered | exited
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SegmentTimer(Base):
+    """When a customer's membership in a segment may next change with time alone."""
+
+    __tablename__ = "segment_timers"
+    __table_args__ = (Index("ix_segment_timers_due", "due_at"),)
+
+    segment_id: Mapped[int] = mapped_column(
+        ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
+    )
+    project_id: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SegmentRecheck(Base):
+    """A customer who changed while the segment was being computed in full."""
+
+    __tablename__ = "segment_rechecks"
+
+    segment_id: Mapped[int] = mapped_column(
+        ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+__all__ = ["Segment", "SegmentChange", "SegmentMember", "SegmentRecheck", "SegmentTimer"]
