@@ -101,16 +101,26 @@ def resolved_trees(rows: list[tuple[int, int, dict[str, Any]]]) -> dict[int, Nod
     return out
 
 
+_live_cache: dict[tuple[Any, ...], list[LiveSegment]] = {}
+
+
 def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
     """The project's segments that are kept current (all but failed ones)."""
     t = table_of(Segment)
     rows = session.execute(
-        select(t.c.id, t.c.name, t.c.version, t.c.status, t.c.rules).where(
-            t.c.project_id == project_id
-        )
+        select(t.c.id, t.c.name, t.c.version, t.c.status).where(t.c.project_id == project_id)
     ).all()
-    trees = resolved_trees([(r.id, r.version, r.rules) for r in rows])
-    return [
+    key = (project_id, *sorted((r.id, r.name, r.version, r.status) for r in rows))
+    cached = _live_cache.get(key)
+    if cached is not None:
+        return cached
+    rules = dict(
+        session.execute(select(t.c.id, t.c.rules).where(t.c.project_id == project_id))
+        .tuples()
+        .all()
+    )
+    trees = resolved_trees([(r.id, r.version, rules[r.id]) for r in rows if r.id in rules])
+    out = [
         LiveSegment(
             r.id,
             r.name,
@@ -123,6 +133,10 @@ def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
         for r in rows
         if r.id in trees and r.status != "failed"
     ]
+    if len(_live_cache) > 256:
+        _live_cache.clear()
+    _live_cache[key] = out
+    return out
 
 
 # -- facts ------------------------------------------------------------------------------------
