@@ -25,6 +25,7 @@ from tidings.ingest import processor
 from tidings.ingest.log import redact_customer
 from tidings.ingest.models import IngestMessage, IngestStats
 from tidings.ingest.schemas import MessageOut
+from tidings.segments import membership
 
 STATUSES = ("accepted", "dropped", "rejected", "failed")
 
@@ -84,6 +85,8 @@ def _message_out(m: IngestMessage) -> MessageOut:
 
 def erase_customer(session: Session, *, project_id: int, customer_id: int) -> None:
     """Erase a customer everywhere: profile, events, charges, tags, memberships, message log."""
+    customers.get_or_raise(session, project_id=project_id, customer_id=customer_id)
+    membership.forget(session, [customer_id])
     customers.erase(session, project_id=project_id, customer_id=customer_id)
     redact_customer(session, project_id=project_id, customer_ids=[customer_id])
 

@@ -453,6 +453,22 @@ def _write_timers(
     )
 
 
+def forget(session: Session, customer_ids: list[int]) -> None:
+    """Before customers are deleted (erased or merged away): their memberships leave the
+    counts. The rows themselves go with the customer (ON DELETE CASCADE)."""
+    if not customer_ids:
+        return
+    bulk = Bulk(session)
+    delta: dict[int, int] = defaultdict(int)
+    count_sql = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
+    for part in _chunks(customer_ids):
+        for sid, _ in bulk.select_in(count_sql, "customer_id", part):
+            delta[sid] += 1
+    t = table_of(Segment)
+    for sid, n in delta.items():
+        session.execute(update(t).where(t.c.id == sid).values(member_count=t.c.member_count - n))
+
+
 # -- time flips -------------------------------------------------------------------------------
 
 
