@@ -80,8 +80,8 @@ class LiveSegment:
 _cache: dict[tuple[int, int], Node] = {}
 
 
-def resolved_trees(rows: list[tuple[int, int, dict[str, Any]]]) -> dict[int, Node]:
-    """Parse (id, version, rules) rows and inline segment references; bad ones are left out."""
+def parsed_trees(rows: list[tuple[int, int, dict[str, Any]]]) -> dict[int, Node]:
+    """Parse stored (id, version, rules) rows, once per version; bad ones are left out."""
     parsed: dict[int, Node] = {}
     for sid, version, rules in rows:
         key = (sid, version)
@@ -92,6 +92,12 @@ def resolved_trees(rows: list[tuple[int, int, dict[str, Any]]]) -> dict[int, Nod
                 log.exception("stored segment does not parse", extra={"segment": sid})
                 continue
         parsed[sid] = _cache[key]
+    return parsed
+
+
+def resolved_trees(rows: list[tuple[int, int, dict[str, Any]]]) -> dict[int, Node]:
+    """Parse (id, version, rules) rows and inline segment references; bad ones are left out."""
+    parsed = parsed_trees(rows)
     out: dict[int, Node] = {}
     for sid, tree in parsed.items():
         try:
@@ -114,11 +120,10 @@ def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
     cached = _live_cache.get(key)
     if cached is not None:
         return cached
-    rules = dict(
-        session.execute(select(t.c.id, t.c.rules).where(t.c.project_id == project_id))
-        .tuples()
-        .all()
-    )
+    rules: dict[int, Any] = {
+        r.id: r.rules
+        for r in session.execute(select(t.c.id, t.c.rules).where(t.c.project_id == project_id))
+    }
     trees = resolved_trees([(r.id, r.version, rules[r.id]) for r in rows if r.id in rules])
     out = [
         LiveSegment(
@@ -370,8 +375,8 @@ def apply_changes(
     kinds = {True: "entered", False: "exited"}
     bulk.insert(
         "segment_changes",
-        ("project_id", "segment_id", "customer_id", "change", "at"),
-        [(project_id, c.segment.id, c.customer_id, kinds[c.entered], at) for c in changes],
+        ("project_id", "segment_id", "customer_id", "change", "source", "at"),
+        [(project_id, c.segment.id, c.customer_id, kinds[c.entered], source, at) for c in changes],
     )
     bulk.insert(
         "events",
@@ -590,6 +595,7 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
 
 
 def mark_failed(db: Database, *, segment_id: int, version: int, error: str) -> None:
+    """Show the segment as failed with a message safe for the dashboard (details are logged)."""
     with db.session(write=True) as session:
         t = table_of(Segment)
         session.execute(

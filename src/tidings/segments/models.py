@@ -63,6 +63,7 @@ class SegmentChange(Base):
     segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id", ondelete="CASCADE"))
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     change: Mapped[str] = mapped_column(String(8))  # entered | exited
+    source: Mapped[str] = mapped_column(String(10))  # event | edit | time | compute
     at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -272,10 +272,14 @@ def _op(raw: dict[str, Any], path: str, allowed: tuple[str, ...], family: str) -
     if not isinstance(op, str) or op not in allowed:
         raise _fail(
             path,
-            f"unknown operator {op!r} for a {family} condition (expected one of "
+            f"unknown operator {op!r} for {_article(family)} {family} condition (expected one of "
             f"{', '.join(allowed)})",
         )
     return op
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _path(value: Any, path: str, what: str) -> tuple[str, ...]:

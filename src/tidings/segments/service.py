@@ -22,7 +22,7 @@ from tidings.errors import BadRequest, Conflict, NotFound
 from tidings.segments import compile as sql
 from tidings.segments.evaluate import explain as explain_tree
 from tidings.segments.evaluate import holds
-from tidings.segments.membership import load_facts, resolved_trees
+from tidings.segments.membership import load_facts, parsed_trees, resolved_trees
 from tidings.segments.models import Segment, SegmentChange, SegmentMember
 from tidings.segments.rules import InvalidDefinition, Node, parse, referenced_segments, resolve
 from tidings.segments.schemas import (
@@ -77,11 +77,15 @@ def to_out(seg: Segment, growth: dict[tuple[int, str], int] | None = None) -> Se
 
 
 def growth(session: Session, *, project_id: int, days: int = 7) -> dict[tuple[int, str], int]:
-    """Entries and exits per segment over the last `days` days."""
+    """Entries and exits per segment over the last `days` days (full computations aside)."""
     since = clock.now() - timedelta(days=days)
     rows = session.execute(
         select(SegmentChange.segment_id, SegmentChange.change, func.count())
-        .where(SegmentChange.project_id == project_id, SegmentChange.at >= since)
+        .where(
+            SegmentChange.project_id == project_id,
+            SegmentChange.at >= since,
+            SegmentChange.source != "compute",
+        )
         .group_by(SegmentChange.segment_id, SegmentChange.change)
     )
     return {(sid, change): n for sid, change, n in rows}
@@ -196,7 +200,7 @@ def _stored(session: Session, project_id: int) -> dict[int, tuple[int, dict[str,
 
 def _names(session: Session, project_id: int) -> dict[str, int]:
     rows = session.execute(select(Segment.name, Segment.id).where(Segment.project_id == project_id))
-    return dict(rows.tuples().all())
+    return {r.name: r.id for r in rows}
 
 
 def check_rules(
@@ -204,9 +208,8 @@ def check_rules(
 ) -> Node:
     """Parse and resolve a definition (as `segment_id` would hold it); the resolved tree."""
     tree = parse(rules, segment_names=_names(session, project_id))
-    trees = {
-        sid: parse(r) for sid, (_, r) in _stored(session, project_id).items() if sid != segment_id
-    }
+    stored = _stored(session, project_id)
+    trees = parsed_trees([(sid, v, r) for sid, (v, r) in stored.items() if sid != segment_id])
     if segment_id is not None:
         trees[segment_id] = tree
     return (
@@ -237,6 +240,12 @@ def _canonical(rules: Any, session: Session, project_id: int) -> dict[str, Any]:
 # -- writing ----------------------------------------------------------------------------------
 
 
+def _check_description(description: str | None) -> str | None:
+    if description is not None and len(description) > 5000:
+        raise BadRequest("A description is at most 5,000 characters.", code="invalid_segment")
+    return description
+
+
 def _enqueue_compute(session: Session, seg: Segment) -> None:
     jobs.enqueue(session, COMPUTE_JOB, {"segment_id": seg.id, "version": seg.version})
 
@@ -246,6 +255,7 @@ def create(
 ) -> Segment:
     """A new segment; its membership is computed in the background."""
     name = _check_name(session, project_id, name)
+    description = _check_description(description)
     tree = check_rules(session, project_id=project_id, rules=rules)
     now = clock.now()
     seg = Segment(
@@ -293,7 +303,7 @@ def update(
     if name is not None:
         seg.name = _check_name(session, project_id, name, segment_id)
     if description is not None:
-        seg.description = description
+        seg.description = _check_description(description)
     if rules is not None:
         tree = check_rules(session, project_id=project_id, rules=rules, segment_id=segment_id)
         canonical = _canonical(rules, session, project_id)

@@ -39,7 +39,12 @@ def _compute_segment(session: Session, db: Database, payload: dict[str, Any]) ->
         membership.compute(db, segment_id=sid, version=version)
     except Exception as exc:
         log.exception("segment computation failed", extra={"segment": sid})
-        membership.mark_failed(db, segment_id=sid, version=version, error=repr(exc))
+        membership.mark_failed(
+            db,
+            segment_id=sid,
+            version=version,
+            error=f"The computation failed ({type(exc).__name__}); the worker's log has details.",
+        )
 
 
 def _refresh_segments(session: Session, db: Database, payload: dict[str, Any]) -> None:

@@ -94,6 +94,7 @@ def upgrade() -> None:
             "customer_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
         sa.Column("change", sa.String(length=8), nullable=False),
+        sa.Column("source", sa.String(length=10), nullable=False),
         sa.Column("at", tidings.db.types.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_id"],
