@@ -1,4 +1,7 @@
-"""Dashboard routes: sign-in, customers, profile, catalogs, live ingestion, settings."""
+"""Dashboard routes: sign-in, customers, profile, catalogs, live ingestion, settings.
+
+Segments have their own module (`segment_pages`), which reuses the helpers here.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from tidings.db import Database
 from tidings.errors import AppError, BadRequest, Forbidden
 from tidings.ingest import service as ingestion
 from tidings.ingest.wire import TYPES
+from tidings.segments import service as segments
 from tidings.web.render import Viewer, templates
 
 router = APIRouter(include_in_schema=False)
@@ -317,6 +321,9 @@ def _profile_context(
         else None,
         "initials": "".join(part[0] for part in label.split()[:2]).upper(),
         "tag_error": None,
+        "segments": segments.customer_segments(
+            session, project_id=project_id, customer_id=customer_id
+        ),
     }
 
 

@@ -13,6 +13,7 @@ from markupsafe import Markup
 
 from tidings.auth.models import Project
 from tidings.customers.traits import is_date_key, parse_datetime
+from tidings.web.rules_text import describe
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -50,7 +51,14 @@ def _trait(value: Any, key: str) -> str | Markup:
     return str(value)
 
 
-templates.env.filters.update(when=_when, money=_money, pretty=_pretty, trait=_trait)
+def _compact(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+templates.env.filters.update(
+    when=_when, money=_money, pretty=_pretty, compact=_compact, trait=_trait
+)
+templates.env.globals.update(describe=describe)
 
 
 @dataclass(slots=True)
