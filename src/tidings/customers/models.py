@@ -77,7 +77,8 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (
         Index("ix_events_customer_timeline", "customer_id", "timestamp", "id"),
-        Index("ix_events_project_name", "project_id", "name"),
+        # Name and time: event conditions of segments read a window of one event's rows.
+        Index("ix_events_project_name_timestamp", "project_id", "name", "timestamp"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

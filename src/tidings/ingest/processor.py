@@ -220,8 +220,12 @@ def apply(batch: ProfileBatch, entry: Entry) -> None:
         _engage_traits(batch, p, msg, entry)
     elif msg.type == "group":
         assert msg.group_id is not None
-        batch.link_group(p, msg.group_id, normalize_traits(msg.traits), at)
+        group_traits = normalize_traits(msg.traits)
+        batch.link_group(p, msg.group_id, group_traits, at)
         entry.facets.add(("group",))
+        if group_traits:
+            # The group's traits changed for every member, not only for this customer.
+            entry.facets.add(("group_id", msg.group_id))
     else:
         _timeline(batch, p, msg, entry)
 
@@ -394,13 +398,20 @@ def _refresh_segments(
         live[f.id] = f
         if id(p) not in known or p.merged_into is not None:
             changed[f.id].add(EVERYTHING)  # new, or merged into another: everything may differ
+    group_ids: set[str] = set()
     for e in entries:
         if e.profile is None or not e.facets:
             continue
         f = e.profile.final()
         if f.deleted or f.id is None:
             continue
-        changed[f.id].update(EVERYTHING if facet == (EVERYTHING,) else facet for facet in e.facets)
+        for facet in e.facets:
+            if facet[0] == "group_id":
+                group_ids.add(facet[1])
+            else:
+                changed[f.id].add(EVERYTHING if facet == (EVERYTHING,) else facet)
+    for cid in _group_members(session, pid, group_ids):
+        changed[cid].add(("group",))
     base = {
         cid: Facts(
             id=cid,
@@ -414,6 +425,23 @@ def _refresh_segments(
         if cid in changed
     }
     membership.refresh(session, project_id=pid, changed=changed, base=base)
+
+
+def _group_members(session: Session, pid: int, group_ids: set[str]) -> list[int]:
+    if not group_ids:
+        return []
+    bulk = Bulk(session)
+    sql = (
+        "SELECT cg.customer_id FROM customer_groups cg JOIN groups g ON g.id = cg.group_pk "
+        "WHERE g.project_id = {m}"
+    )
+    out: list[int] = []
+    ids = sorted(group_ids)
+    for start in range(0, len(ids), 500):
+        out.extend(
+            r[0] for r in bulk.select_in(sql, "g.group_id", ids[start : start + 500], (pid,))
+        )
+    return out
 
 
 def _identifiers(entries: list[Entry]) -> dict[str, set[str]]:

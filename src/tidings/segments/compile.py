@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from tidings.db.bulk import Bulk
 from tidings.segments.evaluate import iso
 from tidings.segments.rules import (
+    AT_LEAST_ONCE,
     AudienceCond,
     EventCond,
     Group,
@@ -79,15 +80,25 @@ class Sql:
     # -- JSON access --------------------------------------------------------------------------
 
     def jpath(self, path: tuple[str, ...]) -> str:
+        """A path for jtype / jtext / jval: a JSON path on SQLite; on PostgreSQL a chain of
+        text-keyed steps (`#>` would read a numeric part as an array index)."""
         if self.postgres:
-            return f"CAST({self.bind(list(path))} AS text[])"
+            return "".join(f" -> CAST({self.bind(p)} AS text)" for p in path)
         return self.bind("$" + "".join(f'."{p}"' for p in path))
 
+    def jval(self, col: str, p: str) -> str:
+        """The JSON value at the path (PostgreSQL only)."""
+        return f"({col}{p})"
+
     def jtype(self, col: str, p: str) -> str:
-        return f"jsonb_typeof({col} #> {p})" if self.postgres else f"json_type({col}, {p})"
+        return f"jsonb_typeof({col}{p})" if self.postgres else f"json_type({col}, {p})"
 
     def jtext(self, col: str, p: str) -> str:
-        return f"({col} #>> {p})" if self.postgres else f"json_extract({col}, {p})"
+        if self.postgres:
+            # The last step as text: ->> of the same key.
+            head, _, last = p.rpartition(" -> ")
+            return f"({col}{head} ->> {last})"
+        return f"json_extract({col}, {p})"
 
 
 # -- value tests ------------------------------------------------------------------------------
@@ -116,7 +127,7 @@ def value_sql(q: Sql, test: ValueTest, col: str, path: tuple[str, ...]) -> str:
         sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[op]
         if q.postgres:
             j = q.bind(json.dumps(test.value))
-            return q.safe(f"{typ} = 'number' AND ({col} #> {p}) {sym} CAST({j} AS jsonb)")
+            return q.safe(f"{typ} = 'number' AND {q.jval(col, p)} {sym} CAST({j} AS jsonb)")
         return q.safe(f"{typ} IN ('integer', 'real') AND {val} {sym} {q.bind(test.value)}")
     return q.safe(date_text_sql(q, test, typ, val))
 
@@ -129,7 +140,7 @@ def _kind(q: Sql, sqlite_name: str) -> str:
 
 def _eq(q: Sql, typ: str, col: str, p: str, value: Any) -> str:
     if q.postgres:
-        return f"({col} #> {p}) = CAST({q.bind(json.dumps(value))} AS jsonb)"
+        return f"{q.jval(col, p)} = CAST({q.bind(json.dumps(value))} AS jsonb)"
     if isinstance(value, bool):
         return f"{typ} = '{'true' if value else 'false'}'"
     kinds = "'text'" if isinstance(value, str) else "'integer', 'real'"
@@ -141,7 +152,7 @@ def _contains(q: Sql, typ: str, col: str, p: str, val: str, needle: str) -> str:
         arr = q.bind(json.dumps([needle]))
         return (
             f"({typ} = 'string' AND strpos({val}, {q.text_param(needle)}) > 0) OR "
-            f"({typ} = 'array' AND ({col} #> {p}) @> CAST({arr} AS jsonb))"
+            f"({typ} = 'array' AND {q.jval(col, p)} @> CAST({arr} AS jsonb))"
         )
     n = q.bind(needle)
     return (
@@ -230,7 +241,7 @@ def predicate(q: Sql, node: Node) -> str:
     if isinstance(node, AudienceCond):
         p = q.jpath((node.key, "member"))
         if q.postgres:
-            test = q.safe(f"(c.audiences #> {p}) = 'true'::jsonb")
+            test = q.safe(f"{q.jval('c.audiences', p)} = 'true'::jsonb")
         else:
             test = q.safe(f"json_type(c.audiences, {p}) = 'true'")
         return test if node.member else f"NOT {test}"
@@ -239,12 +250,17 @@ def predicate(q: Sql, node: Node) -> str:
         inner = predicate(q, node.rules)
         return inner if node.inside else f"(NOT {inner})"
     if isinstance(node, RandomCond):
-        seed = q.bind(node.seed)
-        return (
-            f"(((c.id * 2654435761 + {seed}) % 4294967296) * 10000 / 4294967296) "
-            f"< {q.bind(node.threshold)}"
-        )
+        # rules.bucket, step by step.
+        h = f"((c.id * 2654435761 + {q.bind(node.seed)}) % 4294967296)"
+        h = f"({_xorshift(h)} * 73244475 % 4294967296)"
+        h = f"({_xorshift(h)} * 73244475 % 4294967296)"
+        return f"({_xorshift(h)} * 10000 / 4294967296) < {q.bind(node.threshold)}"
     raise TypeError(f"unknown condition {node!r}")
+
+
+def _xorshift(h: str) -> str:
+    """h ^ (h >> 16) for 0 <= h < 2**32, in SQL both databases share."""
+    return f"(({h} | ({h} >> 16)) - ({h} & ({h} >> 16)))"
 
 
 def _groups(q: Sql, test: str) -> str:
@@ -314,8 +330,17 @@ def _count_sql(c: EventCond, holds: bool) -> str:
     return expr if holds else f"NOT ({expr})"
 
 
+def group_by_customer(q: Sql) -> str:
+    # On SQLite "+" keeps the planner from walking the customer index in order to group
+    # (a random table read per event); it sorts the selected events instead.
+    return "GROUP BY e.customer_id" if q.postgres else "GROUP BY +e.customer_id"
+
+
 def _event(q: Sql, c: EventCond) -> str:
-    base = f"SELECT e.customer_id FROM events e WHERE {event_filters(q, c)} GROUP BY e.customer_id"
+    if c.recency is None and c.count == AT_LEAST_ONCE:
+        performed = f"c.id IN (SELECT e.customer_id FROM events e WHERE {event_filters(q, c)})"
+        return f"(NOT {performed})" if c.op == "not_performed" else performed
+    base = f"SELECT e.customer_id FROM events e WHERE {event_filters(q, c)} {group_by_customer(q)}"
     if c.recency is not None:
         agg = "MIN" if c.op == "first_performed" else "MAX"
         kind, n = c.recency
@@ -414,7 +439,7 @@ def boundary_rows(
             since = now - timedelta(days=c.recency[1])
             sql = (
                 f"SELECT e.customer_id, {agg}(e.timestamp) FROM events e "
-                f"WHERE {event_filters(q, c, window=False)} GROUP BY e.customer_id "
+                f"WHERE {event_filters(q, c, window=False)} {group_by_customer(q)} "
                 f"HAVING {agg}(e.timestamp) >= {q.dt(since)}"
             )
             rows = [(cid, bulk.read_dt(at)) for cid, at in session.execute(text(sql), q.params)]
@@ -422,7 +447,7 @@ def boundary_rows(
         elif isinstance(c, EventCond) and c.window.days is not None:
             sql = (
                 "SELECT e.customer_id, MIN(e.timestamp) FROM events e "
-                f"WHERE {event_filters(q, c)} GROUP BY e.customer_id"
+                f"WHERE {event_filters(q, c)} {group_by_customer(q)}"
             )
             rows = [(cid, bulk.read_dt(at)) for cid, at in session.execute(text(sql), q.params)]
             yield c, "window", rows

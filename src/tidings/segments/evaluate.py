@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from tidings.clock import isoformat
@@ -66,6 +67,9 @@ class Facts:
     groups: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # (type, name) -> rows; pages are under ("page", None).
     events: dict[tuple[str, str | None], list[EventRow]] = field(default_factory=dict)
+    # Or, per event condition, its summary computed by the database (see `summarize`).
+    summaries: dict[EventCond, Summary] = field(default_factory=dict)
+    summaries_only: bool = False
 
 
 def lookup(obj: Any, path: tuple[str, ...]) -> Any:
@@ -142,19 +146,51 @@ def iso(dt: datetime) -> str:
     return out
 
 
+_FIRST = datetime(1900, 1, 1, tzinfo=UTC)
+_LAST = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+@lru_cache(maxsize=65536)
+def first_instant(v: str, *, strict: bool) -> datetime | None:
+    """The first instant t whose ISO text is >= v (> v when strict), or None.
+
+    Date tests compare text, and the ISO text of an instant grows with the instant, so the
+    moment a comparison with "now" turns is found by bisection, whatever shape `v` has.
+    """
+
+    def past(t: datetime) -> bool:
+        text = iso(t)
+        return text > v if strict else text >= v
+
+    if past(_FIRST):
+        return _FIRST
+    if not past(_LAST):
+        return None
+    lo, hi = 0, (_LAST - _FIRST) // _MS  # past(lo) is false, past(hi) is true
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if past(_FIRST + mid * _MS):
+            hi = mid
+        else:
+            lo = mid
+    return _FIRST + hi * _MS
+
+
 def date_boundaries(test: ValueTest, v: Any, now: datetime) -> list[datetime]:
-    """Future instants at which a relative date test on value `v` can change its answer."""
+    """Future instants at which a relative date test on value `v` changes its answer."""
     if not test.relative or not is_date_text(v):
         return []
-    t = parse_instant(v)
-    if t is None:
-        return []
+    ge, gt = first_instant(v, strict=False), first_instant(v, strict=True)
     days = timedelta(days=test.value)
-    points = [t, t + days] if test.op != "within_next_days" else [t - days, t]
-    if len(v) != 24:
-        # Not the canonical format: text comparison can turn up to a day later.
-        points += [p + timedelta(days=1) for p in points]
-    return [p + EPSILON for p in points if p + EPSILON > now]
+    points: list[datetime | None]
+    if test.op == "within_last_days":  # iso(now - N) <= v <= iso(now)
+        points = [ge, gt + days if gt else None]
+    elif test.op == "more_than_days_ago":  # v < iso(now - N)
+        points = [gt + days if gt else None]
+    else:  # within_next_days: iso(now) <= v <= iso(now + N)
+        points = [ge - days if ge else None, gt]
+    return [p for p in points if p is not None and p > now]
 
 
 def instant_boundaries(test: ValueTest, t: datetime | None, now: datetime) -> list[datetime]:
@@ -233,22 +269,49 @@ def _in_window(c: EventCond, ts: datetime, now: datetime) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A condition's matching events for one customer: how many (in the window), the first
+    and last (of all of them when the condition is about recency, else in the window)."""
+
+    count: int
+    first: datetime | None
+    last: datetime | None
+
+
+NO_EVENTS = Summary(0, None, None)
+
+
+def summarize(c: EventCond, facts: Facts, now: datetime) -> Summary:
+    """The condition's summary: precomputed (the incremental path asks SQL for it) or derived
+    here from the customer's events (the reference path)."""
+    known = facts.summaries.get(c)
+    if known is not None:
+        return known
+    if facts.summaries_only:
+        return NO_EVENTS
+    stamps = matching(c, facts, now)
+    if c.recency is None:
+        stamps = [ts for ts in stamps if _in_window(c, ts, now)]
+    if not stamps:
+        return NO_EVENTS
+    return Summary(len(stamps), min(stamps), max(stamps))
+
+
 def event_summary(c: EventCond, facts: Facts, now: datetime) -> dict[str, Any]:
     """count / first / last of the matching events, as explain shows them."""
-    stamps = matching(c, facts, now)
+    s = summarize(c, facts, now)
     if c.recency is not None:
-        first = min(stamps) if stamps else None
-        last = max(stamps) if stamps else None
-        return {"count": len(stamps), "first": first, "last": last}
-    return {"count": sum(1 for ts in stamps if _in_window(c, ts, now))}
+        return {"count": s.count, "first": s.first, "last": s.last}
+    return {"count": s.count}
 
 
 def event_holds(c: EventCond, facts: Facts, now: datetime) -> bool:
-    s = event_summary(c, facts, now)
+    s = summarize(c, facts, now)
     if c.recency is None:
-        performed = c.count.holds(s["count"])
+        performed = c.count.holds(s.count)
         return not performed if c.op == "not_performed" else performed
-    at = s["first"] if c.op == "first_performed" else s["last"]
+    at = s.first if c.op == "first_performed" else s.last
     if at is None:
         return False
     kind, n = c.recency
@@ -257,20 +320,17 @@ def event_holds(c: EventCond, facts: Facts, now: datetime) -> bool:
 
 
 def _event_boundaries(c: EventCond, facts: Facts, now: datetime) -> list[datetime]:
-    stamps = matching(c, facts, now)
+    s = summarize(c, facts, now)
     if c.recency is not None:
-        if not stamps:
+        at = s.first if c.op == "first_performed" else s.last
+        if at is None:
             return []
-        at = min(stamps) if c.op == "first_performed" else max(stamps)
         point = at + timedelta(days=c.recency[1]) + EPSILON
         return [point] if point > now else []
-    if c.window.days is None:
+    if c.window.days is None or s.first is None:
         return []
-    start = now - timedelta(days=c.window.days)
-    live = [ts for ts in stamps if ts >= start]
-    if not live:
-        return []
-    return [min(live) + timedelta(days=c.window.days) + EPSILON]
+    # The oldest event in the window leaves it first.
+    return [s.first + timedelta(days=c.window.days) + EPSILON]
 
 
 # -- the tree ---------------------------------------------------------------------------------
@@ -293,7 +353,7 @@ def _leaf(node: Node, facts: Facts, now: datetime) -> tuple[bool, Any]:
         v = lookup(facts.traits, node.path)
         return test_value(node.test, v, now), v
     if isinstance(node, EventCond):
-        return event_holds(node, facts, now), event_summary(node, facts, now)
+        return event_holds(node, facts, now), None
     if isinstance(node, TagCond):
         has = node.tag in facts.tags
         return has == node.has, has
@@ -372,6 +432,8 @@ def explain(node: Node, facts: Facts, now: datetime, raw: Any) -> dict[str, Any]
         inner = explain(node.child, facts, now, raw["not"])
         return {"group": "not", "holds": not inner["holds"], "conditions": [inner]}
     truth, value = _leaf(node, facts, now)
+    if isinstance(node, EventCond):
+        value = event_summary(node, facts, now)
     return {"condition": raw, "holds": truth, "value": _plain(value)}
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
@@ -32,6 +33,7 @@ from tidings.segments import compile as sql
 from tidings.segments.evaluate import (
     EventRow,
     Facts,
+    Summary,
     date_boundaries,
     event_key,
     holds,
@@ -77,14 +79,15 @@ class LiveSegment:
     timed: bool
 
 
-_cache: dict[tuple[int, int], Node] = {}
+# Parsed rules by (id, version, rules): ids can be reused (a test database, SQLite after a delete).
+_cache: dict[tuple[int, int, bytes], Node] = {}
 
 
 def parsed_trees(rows: list[tuple[int, int, dict[str, Any]]]) -> dict[int, Node]:
     """Parse stored (id, version, rules) rows, once per version; bad ones are left out."""
     parsed: dict[int, Node] = {}
     for sid, version, rules in rows:
-        key = (sid, version)
+        key = (sid, version, orjson.dumps(rules, option=orjson.OPT_SORT_KEYS))
         if key not in _cache:
             try:
                 _cache[key] = parse(rules)
@@ -114,9 +117,11 @@ def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
     """The project's segments that are kept current (all but failed ones)."""
     t = table_of(Segment)
     rows = session.execute(
-        select(t.c.id, t.c.name, t.c.version, t.c.status).where(t.c.project_id == project_id)
+        select(t.c.id, t.c.name, t.c.version, t.c.status, t.c.updated_at).where(
+            t.c.project_id == project_id
+        )
     ).all()
-    key = (project_id, *sorted((r.id, r.name, r.version, r.status) for r in rows))
+    key = (project_id, *sorted((r.id, r.name, r.version, r.status, r.updated_at) for r in rows))
     cached = _live_cache.get(key)
     if cached is not None:
         return cached
@@ -155,8 +160,14 @@ def load_facts(
     *,
     now: datetime,
     base: dict[int, Facts] | None = None,
+    per_customer: dict[int, list[Node]] | None = None,
 ) -> dict[int, Facts]:
-    """Everything the trees can look at, for these customers, in a few queries."""
+    """Everything the trees can look at, for these customers, in a few queries.
+
+    Event conditions get the customers' events (the reference evaluator derives everything
+    from them) or, given `per_customer` (the trees each customer is evaluated against), one
+    aggregate per condition from the database: far less to read and decode per chunk.
+    """
     bulk = Bulk(session)
     ids = sorted(set(customer_ids))
     facts: dict[int, Facts] = {}
@@ -199,8 +210,49 @@ def load_facts(
                 group_sql, "cg.customer_id", part, (project_id,)
             ):
                 facts[cid].groups.append((gid, bulk.read_json(gtraits) or {}))
-    _load_events(bulk, project_id, facts, [c for c in conditions if isinstance(c, EventCond)], now)
+    events = [c for c in conditions if isinstance(c, EventCond)]
+    if per_customer is None:
+        _load_events(bulk, project_id, facts, events, now)
+    else:
+        _load_summaries(session, project_id, facts, per_customer, now)
     return facts
+
+
+def _load_summaries(
+    session: Session,
+    project_id: int,
+    facts: dict[int, Facts],
+    per_customer: dict[int, list[Node]],
+    now: datetime,
+) -> None:
+    """Per event condition, its count / first / last for the customers whose segments use it,
+    aggregated by the database (with the same filters the full computation compiles)."""
+    wanted: dict[EventCond, list[int]] = defaultdict(list)
+    for cid, trees in per_customer.items():
+        f = facts.get(cid)
+        if f is None:
+            continue
+        f.summaries_only = True
+        seen: set[EventCond] = set()
+        for tree in trees:
+            for c in walk(tree):
+                if isinstance(c, EventCond) and c not in seen:
+                    seen.add(c)
+                    wanted[c].append(cid)
+    bulk = Bulk(session)
+    for cond, ids in wanted.items():
+        for part in _chunks(sorted(ids)):
+            q = sql.builder(session, project_id, now)
+            marks = ", ".join(q.bind(cid) for cid in part)
+            statement = (
+                "SELECT e.customer_id, COUNT(*), MIN(e.timestamp), MAX(e.timestamp) FROM events e "  # noqa: S608
+                f"WHERE {sql.event_filters(q, cond, window=cond.recency is None)} "
+                f"AND e.customer_id IN ({marks}) GROUP BY e.customer_id"
+            )
+            for cid, count, first, last in session.execute(text(statement), q.params):
+                facts[cid].summaries[cond] = Summary(
+                    int(count), bulk.read_dt(first), bulk.read_dt(last)
+                )
 
 
 def _load_events(
@@ -300,8 +352,15 @@ def evaluate_pairs(
         return 0
     now = clock.now()
     used = {s.id: s for segs in pairs.values() for s in segs}
+    _settle_computing(session, used, pairs)
     facts = load_facts(
-        session, project_id, pairs, [s.tree for s in used.values()], now=now, base=base
+        session,
+        project_id,
+        pairs,
+        [s.tree for s in used.values()],
+        now=now,
+        base=base,
+        per_customer={cid: [s.tree for s in segs] for cid, segs in pairs.items()},
     )
     bulk = Bulk(session)
     ids = sorted(facts)
@@ -351,6 +410,32 @@ def evaluate_pairs(
     return len(changes)
 
 
+def _settle_computing(
+    session: Session, used: dict[int, LiveSegment], pairs: dict[int, list[LiveSegment]]
+) -> None:
+    """On PostgreSQL, wait for a computation that is finishing and see its outcome.
+
+    A segment read as "computing" is share-locked: the computation's last step locks it for
+    update, so either it has not started (our recheck rows will be seen by it) or it has
+    committed (the segment is ready and we evaluate it normally), never in between.
+    """
+    computing = sorted(sid for sid, s in used.items() if s.status == "computing")
+    if not computing or session.get_bind().dialect.name != "postgresql":
+        return
+    t = table_of(Segment)
+    rows = session.execute(
+        select(t.c.id, t.c.status).where(t.c.id.in_(computing)).with_for_update(read=True)
+    ).all()
+    now_ready = {r.id for r in rows if r.status == "ready"}
+    if not now_ready:
+        return
+    for sid in now_ready:
+        s = used[sid]
+        used[sid] = LiveSegment(s.id, s.name, s.version, "ready", s.tree, s.facets, s.timed)
+    for cid, segs in pairs.items():
+        pairs[cid] = [used[s.id] if s.id in now_ready else s for s in segs]
+
+
 def apply_changes(
     session: Session, project_id: int, changes: list[Change], *, now: datetime, source: str
 ) -> None:
@@ -378,49 +463,52 @@ def apply_changes(
         ("project_id", "segment_id", "customer_id", "change", "source", "at"),
         [(project_id, c.segment.id, c.customer_id, kinds[c.entered], source, at) for c in changes],
     )
-    bulk.insert(
-        "events",
-        (
-            "project_id",
-            "customer_id",
-            "type",
-            "name",
-            "properties",
-            "context",
-            "timestamp",
-            "received_at",
-        ),
-        [
+    if source != "compute":
+        # A full computation (a new or edited definition) fills the history only: it is not
+        # something the customer did, so it neither writes timelines nor triggers automations.
+        bulk.insert(
+            "events",
             (
-                project_id,
-                c.customer_id,
-                "segment",
-                c.segment.name[:255],
-                bulk.json({"segment_id": c.segment.id, "change": kinds[c.entered]}),
-                bulk.json({"source": source}),
-                at,
-                at,
-            )
-            for c in changes
-        ],
-    )
-    jobs.publish(
-        session,
-        [
-            (
-                project_id,
-                f"segment.{kinds[c.entered]}",
-                c.customer_id,
-                {
-                    "segment_id": c.segment.id,
-                    "segment_name": c.segment.name,
-                    "customer_id": c.customer_id,
-                    "source": source,
-                },
-            )
-            for c in changes
-        ],
-    )
+                "project_id",
+                "customer_id",
+                "type",
+                "name",
+                "properties",
+                "context",
+                "timestamp",
+                "received_at",
+            ),
+            [
+                (
+                    project_id,
+                    c.customer_id,
+                    "segment",
+                    c.segment.name[:255],
+                    bulk.json({"segment_id": c.segment.id, "change": kinds[c.entered]}),
+                    bulk.json({"source": source}),
+                    at,
+                    at,
+                )
+                for c in changes
+            ],
+        )
+        jobs.publish(
+            session,
+            [
+                (
+                    project_id,
+                    f"segment.{kinds[c.entered]}",
+                    c.customer_id,
+                    {
+                        "segment_id": c.segment.id,
+                        "segment_name": c.segment.name,
+                        "customer_id": c.customer_id,
+                        "source": source,
+                    },
+                )
+                for c in changes
+            ],
+        )
     delta: dict[int, int] = defaultdict(int)
     for c in changes:
         delta[c.segment.id] += 1 if c.entered else -1
@@ -576,7 +664,9 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
             done += len(part)
             seg.progress = 40 + int(50 * done / max(1, len(changes)))
     with db.session(write=True) as session:
-        seg = _segment_row(session, segment_id)
+        # Locked for update: a processor transaction that saw the segment computing finishes
+        # (and leaves its rechecks) before this step reads them.
+        seg = session.get(Segment, segment_id, with_for_update=True)
         if seg is None or seg.version != version:
             return
         _replace_timers(session, pid, segment_id, due)

@@ -17,7 +17,11 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 class Segment(Base):
     __tablename__ = "segments"
-    __table_args__ = (Index("uq_segments_project_name", "project_id", "name", unique=True),)
+    # AUTOINCREMENT on SQLite: a deleted segment's id is never given to a new one.
+    __table_args__ = (
+        Index("uq_segments_project_name", "project_id", "name", unique=True),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
@@ -71,7 +75,10 @@ class SegmentTimer(Base):
     """When a customer's membership in a segment may next change with time alone."""
 
     __tablename__ = "segment_timers"
-    __table_args__ = (Index("ix_segment_timers_due", "due_at"),)
+    __table_args__ = (
+        Index("ix_segment_timers_due", "due_at"),
+        Index("ix_segment_timers_customer", "customer_id"),
+    )
 
     segment_id: Mapped[int] = mapped_column(
         ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True

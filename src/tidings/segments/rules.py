@@ -12,6 +12,7 @@ This module knows nothing of the database; `evaluate` and `compile` give the tre
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections.abc import Callable
@@ -203,9 +204,23 @@ Condition = (
 Node = Group | Not | Condition
 
 
+_M32 = 4294967296
+
+
+def _xorshift(h: int) -> int:
+    return h ^ (h >> 16)
+
+
 def bucket(customer_id: int, seed: int) -> int:
-    """0..9999, stable per customer and salt; the same integer arithmetic runs in SQL."""
-    return ((customer_id * 2654435761 + seed) % 4294967296) * 10000 // 4294967296
+    """0..9999, stable per customer and draw; draws with different names are independent.
+
+    A multiply / xor-shift integer hash kept within 64-bit arithmetic, so `compile` can run
+    the very same steps in SQL (where xor is written (a | b) - (a & b)).
+    """
+    h = (customer_id * 2654435761 + seed) % _M32
+    h = (_xorshift(h) * 73244475) % _M32
+    h = (_xorshift(h) * 73244475) % _M32
+    return _xorshift(h) * 10000 // _M32
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -294,7 +309,7 @@ def _path(value: Any, path: str, what: str) -> tuple[str, ...]:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _is_scalar(v: Any) -> bool:
@@ -537,10 +552,10 @@ def _random(raw: dict[str, Any], path: str, ctx: _Ctx) -> RandomCond:
     salt = raw["random"]
     if not isinstance(salt, str) or not salt:
         raise _fail(path, 'random takes a name for its draw, e.g. {"random": "holdout", ...}')
-    pct = raw.get("percent")
-    if not isinstance(pct, int | float) or isinstance(pct, bool) or not 0 <= pct <= 100:
+    pct: Any = raw.get("percent")
+    if not _is_number(pct) or not 0 <= pct <= 100:
         raise _fail(path, "percent must be a number from 0 to 100")
-    return RandomCond(salt, round(pct * 100))
+    return RandomCond(salt, round(float(pct) * 100))
 
 
 _FAMILIES: dict[str, Callable[[dict[str, Any], str, _Ctx], Condition]] = {

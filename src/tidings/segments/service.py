@@ -8,7 +8,7 @@ editing enqueues the full computation (in the caller's transaction); the segment
 from __future__ import annotations
 
 import base64
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -152,16 +152,17 @@ def _encode(*parts: Any) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(parts)).decode().rstrip("=")
 
 
-def _decode(cursor: str | None) -> tuple[Any, int] | None:
+def _decode(cursor: str | None) -> tuple[datetime, int] | None:
     if not cursor:
         return None
-    from datetime import datetime
-
     try:
         raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(raw[0]), int(raw[1])
+        at, cid = datetime.fromisoformat(raw[0]), int(raw[1])
     except Exception as exc:
         raise BadRequest("The cursor is not valid.", code="invalid_cursor") from exc
+    if at.tzinfo is None:
+        raise BadRequest("The cursor is not valid.", code="invalid_cursor")
+    return at, cid
 
 
 def customer_segments(
