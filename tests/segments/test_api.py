@@ -304,12 +304,19 @@ def test_entry_on_a_new_event_and_exit_on_a_trait_change(tenant: Tenant) -> None
     assert len(segment_timeline(tenant, customer)) == 3
 
 
-def test_computing_records_entries_on_the_timeline(tenant: Tenant) -> None:
+def test_computing_fills_membership_but_not_timelines(tenant: Tenant) -> None:
+    # A new definition is not something the customer did: members and history, no timeline.
     tenant.send([identify("ann", {"plan": "pro"})])
     seg = ready(tenant, "Pro", PRO)
-    timeline = segment_timeline(tenant, cid(tenant, "ann"))
+    ann = cid(tenant, "ann")
+    assert member_ids(tenant, seg["id"]) == [ann]
+    assert segment_timeline(tenant, ann) == []
+    assert tenant.get(f"/api/segments/{seg['id']}")["entered_7d"] == 0
+    # What happens to the customer afterwards is on the timeline.
+    tenant.send([identify("ann", {"plan": "free"})])
+    timeline = segment_timeline(tenant, ann)
     assert [(e["name"], e["properties"], e["context"]) for e in timeline] == [
-        ("Pro", {"segment_id": seg["id"], "change": "entered"}, {"source": "compute"})
+        ("Pro", {"segment_id": seg["id"], "change": "exited"}, {"source": "event"})
     ]
 
 
@@ -519,12 +526,8 @@ def test_segments_built_on_segments(tenant: Tenant) -> None:
         wait_ready(tenant, s["id"])
     assert sorted(member_ids(tenant, by_id["id"])) == sorted([ann, bob, cy])
     assert member_ids(tenant, by_name["id"]) == []
-    assert [
-        e["properties"]["change"] for e in segment_timeline(tenant, cy) if e["name"] == "Unpaid"
-    ] == [
-        "entered",
-        "exited",
-    ]
+    # Recomputation moved cy out of "Unpaid": in the history, not on the timeline.
+    assert [e for e in segment_timeline(tenant, cy) if e["name"] == "Unpaid"] == []
 
     # A base in use cannot go; once nothing refers to it, it can.
     err = assert_error(tenant.api.delete(f"/api/segments/{paid['id']}"), 409, "segment_in_use")
