@@ -159,6 +159,15 @@ def first_instant(v: str, *, strict: bool) -> datetime | None:
     moment a comparison with "now" turns is found by bisection, whatever shape `v` has.
     """
 
+    if len(v) == 24 and v.endswith("Z"):
+        # The stored format (every `_at` trait): the instant itself, or the next millisecond.
+        try:
+            t = datetime.fromisoformat(v[:-1]).replace(tzinfo=UTC)
+        except ValueError:
+            t = None
+        if t is not None and iso(t) == v:
+            return t + _MS if strict else t
+
     def past(t: datetime) -> bool:
         text = iso(t)
         return text > v if strict else text >= v
