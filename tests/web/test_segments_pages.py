@@ -135,9 +135,10 @@ def test_list_shows_size_status_progress_error_and_growth(tenant: Tenant, owner:
     broken = api_create(tenant, "Broken one", {"tag": "vip", "op": "has"})
     for sid in (pro, busy, broken):
         wait_ready(tenant, sid)
-    # Ada leaves the pro plan: one exit in the last 7 days.
-    tenant.send([identify("ada", {"plan": "free"})])
-    assert tenant.get(f"/api/segments/{pro}")["member_count"] == 1
+    # Ada leaves the pro plan and Linus joins it: one exit and one entry in the last 7 days
+    # (the first computation is not growth).
+    tenant.send([identify("ada", {"plan": "free"}), identify("linus", {"plan": "pro"})])
+    assert tenant.get(f"/api/segments/{pro}")["member_count"] == 2
     force_status(tenant, busy, status="computing", progress=40)
     force_status(tenant, broken, status="failed", error="ValueError('boom')")
 
@@ -145,9 +146,9 @@ def test_list_shows_size_status_progress_error_and_growth(tenant: Tenant, owner:
     rows = segment_rows(doc)
     assert list(rows) == ["Broken one", "Busy one", "Pro plan"]  # by name
     assert rows["Pro plan"].find("a").attrs["href"] == f"/p/{pid}/segments/{pro}"
-    assert rows["Pro plan"].find("td", class_="count").text == "1"
+    assert rows["Pro plan"].find("td", class_="count").text == "2"
     assert rows["Pro plan"].find("td", class_="status").text == "ready"
-    assert rows["Pro plan"].find("td", class_="growth").text == f"+2 {MINUS}1"
+    assert rows["Pro plan"].find("td", class_="growth").text == f"+1 {MINUS}1"
     busy_status = rows["Busy one"].find("td", class_="status")
     assert busy_status.text.startswith("computing 40%")
     assert busy_status.find("progress").attrs["value"] == "40"
@@ -325,7 +326,7 @@ def test_an_invalid_definition_re_renders_the_form_with_the_path_and_keeps_the_i
     assert r.status_code == 400
     doc = parse(r.text)
     message = doc.find(role="alert").text
-    assert message.startswith("rules.all[1]: unknown operator None for a event condition")
+    assert message.startswith("rules.all[1]: unknown operator None for an event condition")
     assert doc.find("input", name="name").attrs["value"] == "Keep me"
     assert doc.find("textarea", name="description").text == "my notes"
     assert doc.find("input", name="rules").attrs["value"] == bad
