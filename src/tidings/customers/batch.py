@@ -13,7 +13,6 @@ traits win. Retired ids (an alias's previousId) keep pointing at the surviving p
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -35,17 +34,10 @@ from tidings.customers.models import (
 )
 from tidings.customers.traits import infer_type
 from tidings.db import table_of
-from tidings.db.bulk import Bulk
+from tidings.db.bulk import Bulk, chunks
 from tidings.db.upsert import upsert
 
 _MISSING = object()
-_IN_CHUNK = 500  # stays far below every database's bound-parameter limit
-
-
-def _chunks(values: Iterable[Any]) -> Iterable[list[Any]]:
-    items = list(values)
-    for start in range(0, len(items), _IN_CHUNK):
-        yield items[start : start + _IN_CHUNK]
 
 
 _PROFILE_SQL = (
@@ -175,7 +167,7 @@ class ProfileBatch:
         alias_sql = (
             "SELECT anonymous_id, customer_id FROM customer_anonymous_ids WHERE project_id = {m}"
         )
-        for part in _chunks(aliases):
+        for part in chunks(aliases):
             for alias, cid in bulk.select_in(alias_sql, "anonymous_id", part, (pid,)):
                 alias_of[alias] = cid
         seen: dict[int, Profile] = {}
@@ -185,7 +177,7 @@ class ProfileBatch:
             ("id", set(alias_of.values())),
         ]
         for column, values in wanted:
-            for part in _chunks(values):
+            for part in chunks(values):
                 for row in bulk.select_in(_PROFILE_SQL, column, part, (pid,), lock=True):
                     if row[0] not in seen:
                         seen[row[0]] = self._adopt(bulk, row)
@@ -198,7 +190,7 @@ class ProfileBatch:
             email = seen[cid].email
             if email is not None:
                 self.by_email.setdefault(email, seen[cid])
-        for part in _chunks(group_ids):
+        for part in chunks(group_ids):
             for gid, gpk, gtraits in session.execute(
                 select(Group.group_id, Group.id, Group.traits).where(
                     Group.project_id == pid, Group.group_id.in_(part)
@@ -210,7 +202,7 @@ class ProfileBatch:
     def load_ids(self, session: Session, customer_ids: list[int]) -> None:
         """Fetch customers by Tidings id (API edits go through the same write path)."""
         bulk = Bulk(session)
-        for part in _chunks(customer_ids):
+        for part in chunks(customer_ids):
             for row in bulk.select_in(_PROFILE_SQL, "id", part, (self.project_id,), lock=True):
                 self._adopt(bulk, row)
 
@@ -502,7 +494,7 @@ class ProfileBatch:
         self._insert_new(bulk)
         self._apply_merges(session)
         if self.rows.deletes:
-            for part in _chunks(self.rows.deletes):
+            for part in chunks(self.rows.deletes):
                 session.execute(delete(Customer).where(Customer.id.in_(part)))
         self._update_dirty(bulk)
         self._insert_aliases(session)
@@ -762,7 +754,7 @@ class ProfileBatch:
         t = table_of(EventCatalog)
         existing: dict[tuple[str, str], dict[str, Any]] = {}
         names = {name for _, name in self.event_catalog}
-        for part in _chunks(names):
+        for part in chunks(names):
             for typ, name, props in session.execute(
                 select(t.c.type, t.c.name, t.c.properties).where(
                     t.c.project_id == pid, t.c.name.in_(part)

@@ -83,7 +83,7 @@ def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _cursor_time(value: Any) -> datetime:
+def cursor_time(value: Any) -> datetime:
     """A timestamp inside a cursor: aware UTC, or a 400."""
     try:
         parsed = datetime.fromisoformat(str(value))
@@ -94,7 +94,8 @@ def _cursor_time(value: Any) -> datetime:
     return parsed
 
 
-def _cursor_int(value: Any) -> int:
+def cursor_int(value: Any) -> int:
+    """A number inside a cursor, or a 400."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest("The cursor is not valid.", code="invalid_cursor")
     return value
@@ -309,12 +310,12 @@ def _sorted_page(
     after = decode_cursor(cursor)
     if after is not None:
         if column is None:
-            query = query.where(Customer.id < _cursor_int(after[0]))
+            query = query.where(Customer.id < cursor_int(after[0]))
         else:
             if len(after) != 2:
                 raise BadRequest("The cursor is not valid.", code="invalid_cursor")
-            value: Any = _cursor_time(after[0]) if sort == "last_seen" else _cursor_int(after[0])
-            last_id = _cursor_int(after[1])
+            value: Any = cursor_time(after[0]) if sort == "last_seen" else cursor_int(after[0])
+            last_id = cursor_int(after[1])
             # A row-value comparison is an index range; the OR form is not.
             query = query.where(tuple_(column, Customer.id) < tuple_(value, last_id))
     order = [Customer.id.desc()] if column is None else [column.desc(), Customer.id.desc()]
@@ -422,7 +423,7 @@ def timeline(
     if after is not None:
         if len(after) != 2:
             raise BadRequest("The cursor is not valid.", code="invalid_cursor")
-        ts, last_id = _cursor_time(after[0]), _cursor_int(after[1])
+        ts, last_id = cursor_time(after[0]), cursor_int(after[1])
         query = query.where(
             or_(Event.timestamp < ts, and_(Event.timestamp == ts, Event.id < last_id))
         )
@@ -462,7 +463,7 @@ def charges(
     query = select(Charge).where(Charge.customer_id == customer_id)
     after = decode_cursor(cursor)
     if after is not None:
-        query = query.where(Charge.id < _cursor_int(after[0]))
+        query = query.where(Charge.id < cursor_int(after[0]))
     rows = list(session.scalars(query.order_by(Charge.id.desc()).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]

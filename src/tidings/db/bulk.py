@@ -8,7 +8,7 @@ with `Bulk.dt` / `Bulk.json` so they read back exactly as SQLAlchemy would have 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -35,6 +35,16 @@ def _pg_dt(value: datetime) -> datetime:
 @lru_cache(maxsize=65536)
 def _read_sqlite_dt(value: str) -> datetime:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+IN_CHUNK = 500  # values per IN (...) list: far below every database's bound-parameter limit
+
+
+def chunks(values: Iterable[Any], size: int = IN_CHUNK) -> Iterable[list[Any]]:
+    """The values in lists of at most `size`, for IN (...) queries and batched writes."""
+    items = list(values)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class Bulk:
@@ -125,6 +135,17 @@ class Bulk:
         cur = self._cursor()
         try:
             cur.executemany(f"UPDATE {table} SET {sets} WHERE {key} = {mark}", rows)  # noqa: S608
+        finally:
+            cur.close()
+
+    def delete(self, table: str, keys: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """DELETE FROM table WHERE keys = each row's values."""
+        if not rows:
+            return
+        where = " AND ".join(f"{k} = {self.mark}" for k in keys)
+        cur = self._cursor()
+        try:
+            cur.executemany(f"DELETE FROM {table} WHERE {where}", rows)  # noqa: S608
         finally:
             cur.close()
 

@@ -28,7 +28,7 @@ from tidings.auth.models import Project
 from tidings.customers.batch import Dropped, Policy, Profile, ProfileBatch
 from tidings.customers.traits import looks_like_email, normalize_traits, parse_money
 from tidings.db import Database, table_of
-from tidings.db.bulk import Bulk
+from tidings.db.bulk import Bulk, chunks
 from tidings.db.upsert import upsert
 from tidings.ingest.log import redact_customer
 from tidings.ingest.models import InboxItem, IngestMessage, IngestStats, Lease
@@ -435,13 +435,11 @@ def _group_members(session: Session, pid: int, group_ids: set[str]) -> list[int]
         "SELECT cg.customer_id FROM customer_groups cg JOIN groups g ON g.id = cg.group_pk "
         "WHERE g.project_id = {m}"
     )
-    out: list[int] = []
-    ids = sorted(group_ids)
-    for start in range(0, len(ids), 500):
-        out.extend(
-            r[0] for r in bulk.select_in(sql, "g.group_id", ids[start : start + 500], (pid,))
-        )
-    return out
+    return [
+        r[0]
+        for part in chunks(sorted(group_ids))
+        for r in bulk.select_in(sql, "g.group_id", part, (pid,))
+    ]
 
 
 def _identifiers(entries: list[Entry]) -> dict[str, set[str]]:

@@ -28,9 +28,10 @@ from sqlalchemy.orm import Session
 
 from tidings import clock, jobs
 from tidings.db import Database, table_of
-from tidings.db.bulk import Bulk
+from tidings.db.bulk import Bulk, chunks
 from tidings.segments import compile as sql
 from tidings.segments.evaluate import (
+    EPSILON,
     EventRow,
     Facts,
     Summary,
@@ -58,14 +59,7 @@ from tidings.segments.rules import (
 log = logging.getLogger(__name__)
 
 EVERYTHING = "*"
-_IN = 500
 WRITE_BATCH = 20_000
-
-
-def _chunks(values: Iterable[Any], size: int = _IN) -> Iterable[list[Any]]:
-    items = list(values)
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +175,7 @@ def load_facts(
         "SELECT id, traits, audiences, lifetime_value_units, charge_count, last_charge_at "
         "FROM customers WHERE project_id = {m}"
     )
-    for part in _chunks(missing):
+    for part in chunks(missing):
         for cid, traits, audiences, ltv, count, last in bulk.select_in(
             profile_sql, "id", part, (project_id,)
         ):
@@ -197,7 +191,7 @@ def load_facts(
     present = sorted(facts)
     if any(isinstance(c, TagCond) for c in conditions):
         tag_sql = "SELECT customer_id, tag FROM customer_tags WHERE project_id = {m}"
-        for part in _chunks(present):
+        for part in chunks(present):
             for cid, tag in bulk.select_in(tag_sql, "customer_id", part, (project_id,)):
                 facts[cid].tags.add(tag)
     if any(isinstance(c, GroupTraitCond | GroupCond) for c in conditions):
@@ -205,7 +199,7 @@ def load_facts(
             "SELECT cg.customer_id, g.group_id, g.traits FROM customer_groups cg "
             "JOIN groups g ON g.id = cg.group_pk WHERE g.project_id = {m}"
         )
-        for part in _chunks(present):
+        for part in chunks(present):
             for cid, gid, gtraits in bulk.select_in(
                 group_sql, "cg.customer_id", part, (project_id,)
             ):
@@ -241,7 +235,7 @@ def _load_summaries(
                     wanted[c].append(cid)
     bulk = Bulk(session)
     for cond, ids in wanted.items():
-        for part in _chunks(sorted(ids)):
+        for part in chunks(sorted(ids)):
             q = sql.builder(session, project_id, now)
             marks = ", ".join(q.bind(cid) for cid in part)
             statement = (
@@ -289,7 +283,7 @@ def _load_events(
             sql_text += " AND timestamp >= {m}"
             params.append(bulk.dt(start))
         key = (typ, name)
-        for part in _chunks(present):
+        for part in chunks(present):
             for cid, ts, ename, props, ctx in bulk.select_in(sql_text, "customer_id", part, params):
                 facts[cid].events.setdefault(key, []).append(
                     EventRow(
@@ -366,7 +360,7 @@ def evaluate_pairs(
     ids = sorted(facts)
     current: set[tuple[int, int]] = set()
     member_sql = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
-    for part in _chunks(ids):
+    for part in chunks(ids):
         current.update(
             (sid, cid)
             for sid, cid in bulk.select_in(member_sql, "customer_id", part)
@@ -375,7 +369,7 @@ def evaluate_pairs(
     timers: dict[tuple[int, int], datetime] = {}
     if any(s.timed for s in used.values()):
         timer_sql = "SELECT segment_id, customer_id, due_at FROM segment_timers WHERE 1 = 1"
-        for part in _chunks(ids):
+        for part in chunks(ids):
             for sid, cid, due in bulk.select_in(timer_sql, "customer_id", part):
                 if sid in used:
                     timers[(sid, cid)] = bulk.read_dt(due)  # type: ignore[assignment]
@@ -447,16 +441,7 @@ def apply_changes(
     entered = [(c.segment.id, c.customer_id, at) for c in changes if c.entered]
     exited = [(c.segment.id, c.customer_id) for c in changes if not c.entered]
     bulk.insert("segment_members", ("segment_id", "customer_id", "entered_at"), entered)
-    if exited:
-        cur = bulk.session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            m = bulk.mark
-            cur.executemany(
-                f"DELETE FROM segment_members WHERE segment_id = {m} AND customer_id = {m}",  # noqa: S608
-                exited,
-            )
-        finally:
-            cur.close()
+    bulk.delete("segment_members", ("segment_id", "customer_id"), exited)
     kinds = {True: "entered", False: "exited"}
     bulk.insert(
         "segment_changes",
@@ -529,16 +514,8 @@ def _write_timers(
     if not set_timers and not drop_timers:
         return
     bulk = Bulk(session)
-    m = bulk.mark
-    cur = bulk.session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        gone = drop_timers + [(s, c) for s, c, _ in set_timers]
-        cur.executemany(
-            f"DELETE FROM segment_timers WHERE segment_id = {m} AND customer_id = {m}",  # noqa: S608
-            gone,
-        )
-    finally:
-        cur.close()
+    gone = drop_timers + [(s, c) for s, c, _ in set_timers]
+    bulk.delete("segment_timers", ("segment_id", "customer_id"), gone)
     bulk.insert(
         "segment_timers",
         ("segment_id", "customer_id", "project_id", "due_at"),
@@ -554,7 +531,7 @@ def forget(session: Session, customer_ids: list[int]) -> None:
     bulk = Bulk(session)
     delta: dict[int, int] = defaultdict(int)
     count_sql = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
-    for part in _chunks(customer_ids):
+    for part in chunks(customer_ids):
         for sid, _ in bulk.select_in(count_sql, "customer_id", part):
             delta[sid] += 1
     t = table_of(Segment)
@@ -584,16 +561,11 @@ def run_due_timers(session: Session, *, limit: int = 5000) -> int:
     ).all()
     if not rows:
         return 0
-    bulk = Bulk(session)
-    m = bulk.mark
-    cur = bulk.session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cur.executemany(
-            f"DELETE FROM segment_timers WHERE segment_id = {m} AND customer_id = {m}",  # noqa: S608
-            [(r.segment_id, r.customer_id) for r in rows],
-        )
-    finally:
-        cur.close()
+    Bulk(session).delete(
+        "segment_timers",
+        ("segment_id", "customer_id"),
+        [(r.segment_id, r.customer_id) for r in rows],
+    )
     by_project: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
     for r in rows:
         by_project[r.project_id][r.customer_id].add(r.segment_id)
@@ -607,10 +579,6 @@ def run_due_timers(session: Session, *, limit: int = 5000) -> int:
 
 
 # -- full computation -------------------------------------------------------------------------
-
-
-def _segment_row(session: Session, segment_id: int) -> Segment | None:
-    return session.get(Segment, segment_id)
 
 
 def _set_progress(db: Database, segment_id: int, version: int, progress: int) -> bool:
@@ -627,7 +595,7 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
     """Compute a segment's membership in full; a newer version's job supersedes this one."""
     now = clock.now()
     with db.session() as session:
-        seg = _segment_row(session, segment_id)
+        seg = session.get(Segment, segment_id)
         if seg is None or seg.version != version:
             return
         pid = seg.project_id
@@ -648,9 +616,9 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
     changes = [(cid, True) for cid in sorted(new_ids - old_ids)]
     changes += [(cid, False) for cid in sorted(old_ids - new_ids)]
     done = 0
-    for part in _chunks(changes, WRITE_BATCH):
+    for part in chunks(changes, WRITE_BATCH):
         with db.session(write=True) as session:
-            seg = _segment_row(session, segment_id)
+            seg = session.get(Segment, segment_id)
             if seg is None or seg.version != version:
                 return
             exists = _existing(session, [cid for cid, _ in part])
@@ -698,7 +666,7 @@ def mark_failed(db: Database, *, segment_id: int, version: int, error: str) -> N
 def _existing(session: Session, ids: list[int]) -> set[int]:
     bulk = Bulk(session)
     out: set[int] = set()
-    for part in _chunks(ids):
+    for part in chunks(ids):
         out.update(r[0] for r in bulk.select_in("SELECT id FROM customers WHERE 1 = 1", "id", part))
     return out
 
@@ -746,8 +714,6 @@ def timer_plan(
         for p in points:
             if p > now and (cid not in due or p < due[cid]):
                 due[cid] = p
-
-    from tidings.segments.evaluate import EPSILON
 
     for cond, kind, rows in sql.boundary_rows(session, project_id=project_id, rules=rules, now=now):
         for cid, value in rows:

@@ -7,17 +7,17 @@ editing enqueues the full computation (in the caller's transaction); the segment
 
 from __future__ import annotations
 
-import base64
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-import orjson
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from tidings import clock, jobs
 from tidings.clock import isoformat
+from tidings.customers import service as customers
 from tidings.customers.models import Customer
+from tidings.customers.service import cursor_int, cursor_time, decode_cursor, encode_cursor
 from tidings.errors import BadRequest, Conflict, NotFound
 from tidings.segments import compile as sql
 from tidings.segments.evaluate import explain as explain_tree
@@ -118,9 +118,11 @@ def members(
         .join(SegmentMember, SegmentMember.customer_id == Customer.id)
         .where(SegmentMember.segment_id == segment_id)
     )
-    after = _decode(cursor)
+    after = decode_cursor(cursor)
     if after is not None:
-        at, cid = after
+        if len(after) != 2:
+            raise BadRequest("The cursor is not valid.", code="invalid_cursor")
+        at, cid = cursor_time(after[0]), cursor_int(after[1])
         q = q.where(
             or_(
                 SegmentMember.entered_at < at,
@@ -144,32 +146,15 @@ def members(
         )
         for r in rows
     ]
-    nxt = _encode(rows[-1].entered_at.isoformat(), rows[-1].id) if more else None
+    nxt = encode_cursor(rows[-1].entered_at.isoformat(), rows[-1].id) if more else None
     return out, nxt
-
-
-def _encode(*parts: Any) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(parts)).decode().rstrip("=")
-
-
-def _decode(cursor: str | None) -> tuple[datetime, int] | None:
-    if not cursor:
-        return None
-    try:
-        raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        at, cid = datetime.fromisoformat(raw[0]), int(raw[1])
-    except Exception as exc:
-        raise BadRequest("The cursor is not valid.", code="invalid_cursor") from exc
-    if at.tzinfo is None:
-        raise BadRequest("The cursor is not valid.", code="invalid_cursor")
-    return at, cid
 
 
 def customer_segments(
     session: Session, *, project_id: int, customer_id: int
 ) -> list[CustomerSegmentOut]:
     """The segments a customer is in, with when they entered."""
-    _customer_or_raise(session, project_id, customer_id)
+    customers.get_or_raise(session, project_id=project_id, customer_id=customer_id)
     rows = session.execute(
         select(Segment.id, Segment.name, SegmentMember.entered_at)
         .join(SegmentMember, SegmentMember.segment_id == Segment.id)
@@ -180,13 +165,6 @@ def customer_segments(
         CustomerSegmentOut(id=sid, name=name, entered_at=isoformat(at) or "")
         for sid, name, at in rows
     ]
-
-
-def _customer_or_raise(session: Session, project_id: int, customer_id: int) -> Customer:
-    c = session.get(Customer, customer_id)
-    if c is None or c.project_id != project_id:
-        raise NotFound(f"No customer {customer_id} in this project.", code="customer_not_found")
-    return c
 
 
 # -- validating -------------------------------------------------------------------------------
@@ -213,11 +191,7 @@ def check_rules(
     trees = parsed_trees([(sid, v, r) for sid, (v, r) in stored.items() if sid != segment_id])
     if segment_id is not None:
         trees[segment_id] = tree
-    return (
-        resolve(tree, trees.get)
-        if segment_id is None
-        else resolve(tree, trees.get, _seen=(segment_id,))
-    )
+    return resolve(tree, trees.get, _seen=() if segment_id is None else (segment_id,))
 
 
 def _canonical(rules: Any, session: Session, project_id: int) -> dict[str, Any]:
@@ -384,7 +358,7 @@ def preview(session: Session, *, project_id: int, rules: Any, sample: int = 10) 
 def explain(session: Session, *, project_id: int, segment_id: int, customer_id: int) -> ExplainOut:
     """For one customer: each condition of the segment with its value and whether it holds."""
     seg = get_or_raise(session, project_id=project_id, segment_id=segment_id)
-    _customer_or_raise(session, project_id, customer_id)
+    customers.get_or_raise(session, project_id=project_id, customer_id=customer_id)
     stored = _stored(session, project_id)
     trees = resolved_trees([(sid, v, r) for sid, (v, r) in stored.items()])
     tree = trees.get(segment_id)
