@@ -132,6 +132,8 @@ def serve(
         f"Tidings listening on http://{host}:{port}  (API docs: http://{host}:{port}/docs)",
         soft_wrap=True,
     )
+    # Links in emails point here unless TIDINGS_PUBLIC_URL says otherwise.
+    settings = settings.model_copy(update={"host": host, "port": port})
     application = create_app(settings, worker=not no_worker)
     uvicorn.run(
         application,

@@ -49,9 +49,29 @@ class Settings(BaseSettings):
     rejected_log_retention_days: int = Field(
         default=0, ge=0, description="Days to keep dropped/rejected/failed messages (0 = keep)."
     )
+    smtp_url: str | None = Field(
+        default=None,
+        description=(
+            "Where email goes: smtp://host:port, smtp+starttls://user:pass@host:587 or "
+            "smtps://user:pass@host:465. Unset: the embedded outbox keeps every email in the "
+            "database, viewable in the dashboard and GET /api/messages."
+        ),
+    )
+    mail_from: str = Field(
+        default="Tidings <tidings@localhost>",
+        description="Default From of every email (a project's email settings may override it).",
+    )
+    smtp_timeout: float = Field(default=30.0, gt=0, description="Seconds per SMTP operation.")
+    send_batch: int = Field(
+        default=200, ge=1, le=5000, description="Emails a worker claims for delivery at a time."
+    )
     cors_origins: str = Field(
         default="*", description="Origins allowed to call /v1/* from browsers."
     )
+
+    def base_url(self) -> str:
+        """The public URL links are built on (defaults to the address Tidings listens on)."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def is_sqlite(self) -> bool:

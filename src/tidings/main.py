@@ -18,14 +18,25 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from tidings.api import catalogs, customers, health, ingestion, project, segments
+from tidings.api import (
+    catalogs,
+    customers,
+    health,
+    ingestion,
+    messages,
+    project,
+    segments,
+)
+from tidings.api import (
+    templates as template_api,
+)
 from tidings.api.tracking import TrackingAPI
 from tidings.config import Settings, get_settings
 from tidings.db import Database
 from tidings.db.migrate import require_current
 from tidings.errors import AppError
 from tidings.ingest.inbox import InboxWriter, ensure_inbox_schema
-from tidings.web import pages, segment_pages
+from tidings.web import email_links, pages, segment_pages
 from tidings.web.pages import LoginRequired
 from tidings.web.render import HERE, templates
 from tidings.worker.runner import Worker
@@ -83,12 +94,15 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Tidi
     app.state.writer = writer
     for router in (
         segments.router,
+        template_api.router,
+        messages.router,
         customers.router,
         catalogs.router,
         project.router,
         ingestion.router,
         health.router,
         segment_pages.router,
+        email_links.router,
         pages.router,
     ):
         app.include_router(router)

@@ -102,6 +102,25 @@ class Bulk:
         finally:
             cur.close()
 
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run `sql` (with `{m}` for its placeholders) and return its rows."""
+        cur = self._cursor()
+        try:
+            cur.execute(sql.format(m=self.mark), tuple(params))
+            return list(cur.fetchall()) if cur.description is not None else []
+        finally:
+            cur.close()
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run `sql` (with `{m}` for its placeholders) once per row."""
+        if not rows:
+            return
+        cur = self._cursor()
+        try:
+            cur.executemany(sql.format(m=self.mark), rows)
+        finally:
+            cur.close()
+
     def _cursor(self) -> Any:
         dbapi = self.session.connection().connection.driver_connection
         assert dbapi is not None
@@ -164,5 +183,9 @@ class Bulk:
         # SQLite writers hold the database lock for the whole (IMMEDIATE) transaction, so
         # MAX(id) cannot move under us.
         top = self.session.execute(text(f"SELECT COALESCE(MAX(id), 0) FROM {table}")).scalar()  # noqa: S608
-        start = int(top or 0) + 1
+        # An AUTOINCREMENT table never reuses an id, even one whose row was deleted.
+        seq = self.session.execute(
+            text("SELECT seq FROM sqlite_sequence WHERE name = :t"), {"t": table}
+        ).scalar()
+        start = max(int(top or 0), int(seq or 0)) + 1
         return list(range(start, start + count))

@@ -9,7 +9,9 @@ import tidings.auth.models
 import tidings.customers.models
 import tidings.ingest.models
 import tidings.jobs.models
+import tidings.messaging.models
 import tidings.segments.models
+import tidings.templates.models
 from tidings.db import Base
 
 engine: Engine = context.config.attributes["engine"]

@@ -16,6 +16,7 @@ from tidings import clock, jobs
 from tidings.db import Database
 from tidings.ingest import processor
 from tidings.ingest import service as ingestion
+from tidings.messaging import delivery
 from tidings.segments import membership
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,12 @@ def _compute_segment(session: Session, db: Database, payload: dict[str, Any]) ->
 
 def _refresh_segments(session: Session, db: Database, payload: dict[str, Any]) -> None:
     ids = [int(c) for c in payload["customer_ids"]]
+    # Facets narrow the work to the segments the change can affect (email events, say).
+    facets: set[Any] = {tuple(f) for f in payload.get("facets") or []} or {membership.EVERYTHING}
     membership.refresh(
         session,
         project_id=int(payload["project_id"]),
-        changed={cid: {membership.EVERYTHING} for cid in ids},
+        changed={cid: set(facets) for cid in ids},
         source="edit",
     )
 
@@ -91,7 +94,19 @@ class Worker:
             self._last_jobs = now
             handled += self.run_jobs()
             handled += self.run_timers()
+        handled += self.run_sends()
         return handled
+
+    def run_sends(self) -> int:
+        """A batch of due emails (checked cheaply first: most rounds have none)."""
+        with self.db.session() as session:
+            if not delivery.has_due(session):
+                return 0
+        try:
+            return delivery.deliver_due(self.db)
+        except Exception:
+            log.exception("email delivery round failed")
+            return 0
 
     def run_timers(self) -> int:
         """Segment memberships whose time flip is due."""

@@ -1,0 +1,258 @@
+"""Email providers behind one interface: SMTP (plain, STARTTLS or TLS, with auth and connection
+reuse) and the embedded outbox, plus building the MIME message.
+
+A provider's `deliver` receives `handover`, a callback it must call just before the message body
+is transmitted: the caller commits that moment, so a worker killed afterwards never sends the
+message again (the server may already have it), and one killed before it sends it once on retry.
+
+Errors:
+  DeliveryError(transient, code, detail)
+   ├── transient=True   connection problems and 4xx replies: retried with backoff
+   └── transient=False  5xx replies: failed (a 5xx on the recipient is a hard bounce)
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, getaddresses, parseaddr
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from tidings import clock
+
+
+class DeliveryError(Exception):
+    """A delivery that did not happen (or whose outcome the server refused)."""
+
+    def __init__(self, detail: str, *, transient: bool, code: int = 0, recipient: bool = False):
+        super().__init__(detail)
+        self.detail, self.transient, self.code, self.recipient = detail, transient, code, recipient
+
+
+class Provider(Protocol):
+    name: str
+
+    def deliver(
+        self, *, sender: str, recipient: str, data: bytes, handover: Callable[[], None]
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Outbox:
+    """The default provider: the message stays in the database, which is the outbox."""
+
+    name = "outbox"
+
+    def deliver(
+        self, *, sender: str, recipient: str, data: bytes, handover: Callable[[], None]
+    ) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpTarget:
+    host: str
+    port: int
+    security: str  # none | starttls | tls
+    username: str | None
+    password: str | None
+
+
+def parse_smtp_url(url: str) -> SmtpTarget:
+    """smtp://host:port, smtp+starttls://user:pass@host:587, smtps://user:pass@host:465."""
+    parts = urlsplit(url)
+    security = {"smtp": "none", "smtp+starttls": "starttls", "smtps": "tls"}.get(parts.scheme)
+    if security is None or not parts.hostname:
+        raise ValueError(
+            f"TIDINGS_SMTP_URL must look like smtp://host:port, smtp+starttls://user:pass@host:587 "
+            f"or smtps://user:pass@host:465, not {url!r}"
+        )
+    default_port = {"none": 25, "starttls": 587, "tls": 465}[security]
+    return SmtpTarget(
+        host=parts.hostname,
+        port=parts.port or default_port,
+        security=security,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+_DOT = re.compile(rb"(?m)^\.")
+
+
+class Smtp:
+    """One reusable SMTP connection (one per delivering thread)."""
+
+    name = "smtp"
+
+    def __init__(self, target: SmtpTarget, *, timeout: float) -> None:
+        self.target, self.timeout = target, timeout
+        self._conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        t = self.target
+        try:
+            conn: smtplib.SMTP
+            if t.security == "tls":
+                conn = smtplib.SMTP_SSL(
+                    t.host, t.port, timeout=self.timeout, context=ssl.create_default_context()
+                )
+            else:
+                conn = smtplib.SMTP(t.host, t.port, timeout=self.timeout)
+            conn.ehlo()
+            if t.security == "starttls":
+                conn.starttls(context=ssl.create_default_context())
+                conn.ehlo()
+            if t.username:
+                conn.login(t.username, t.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(
+                f"SMTP login refused: {exc}", transient=True, code=exc.smtp_code
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(f"cannot reach the SMTP server: {exc}", transient=True) from exc
+        return conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _check(self, code: int, reply: bytes, what: str, *, recipient: bool = False) -> None:
+        if 200 <= code < 400:
+            return
+        detail = f"{what} refused: {code} {reply.decode(errors='replace')}"
+        conn = self._conn
+        if conn is not None and code != -1:
+            try:
+                conn.rset()
+            except (OSError, smtplib.SMTPException):
+                self._drop()
+        raise DeliveryError(detail, transient=code < 500, code=code, recipient=recipient)
+
+    def deliver(
+        self, *, sender: str, recipient: str, data: bytes, handover: Callable[[], None]
+    ) -> None:
+        if self._conn is None:
+            self._conn = self._connect()
+        conn = self._conn
+        try:
+            self._check(*conn.mail(sender), "MAIL FROM")
+            self._check(*conn.rcpt(recipient), "RCPT TO", recipient=True)
+            self._check(*conn.docmd("DATA"), "DATA")
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
+            self._drop()
+            raise DeliveryError(f"SMTP connection lost: {exc}", transient=True) from exc
+        handover()
+        body = _DOT.sub(b"..", data)
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        try:
+            conn.send(body + b".\r\n")
+            code, reply = conn.getreply()
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
+            self._drop()
+            raise AmbiguousDelivery(
+                f"SMTP connection lost after the message was sent: {exc}"
+            ) from exc
+        self._check(code, reply, "message")
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.quit()
+            except (OSError, smtplib.SMTPException):
+                conn.close()
+
+
+class AmbiguousDelivery(Exception):
+    """The body left but no reply came: the server may have it, so it is not sent again."""
+
+
+_local = threading.local()
+
+
+def for_thread(smtp_url: str | None, *, timeout: float) -> Provider:
+    """This thread's provider (an SMTP connection is reused across batches)."""
+    if not smtp_url:
+        return Outbox()
+    cached: Smtp | None = getattr(_local, "smtp", None)
+    if cached is None or getattr(_local, "url", None) != smtp_url:
+        if cached is not None:
+            cached.close()
+        cached = Smtp(parse_smtp_url(smtp_url), timeout=timeout)
+        _local.smtp, _local.url = cached, smtp_url
+    return cached
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Everything in a message's headers."""
+
+    from_name: str | None
+    from_email: str
+    to: str
+    reply_to: str | None
+    subject: str
+    header_id: str
+    unsubscribe_url: str | None
+    unsubscribe_mailto: str | None
+    message_id: int
+
+
+def mailbox(value: str) -> tuple[str | None, str]:
+    """("Name", "addr") from "Name <addr>" or "addr"."""
+    name, addr = parseaddr(value)
+    return (name or None), addr
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2] or "localhost"
+
+
+def build(env: Envelope, *, html: str, text: str) -> bytes:
+    """The MIME message: text and HTML alternatives, RFC 8058 headers on marketing mail."""
+    msg = EmailMessage(policy=SMTP)
+    local, _, domain = env.from_email.partition("@")
+    msg["From"] = Address(display_name=env.from_name or "", username=local, domain=domain)
+    msg["To"] = env.to
+    if env.reply_to:
+        msg["Reply-To"] = env.reply_to
+    msg["Subject"] = env.subject
+    msg["Date"] = format_datetime(clock.now())
+    msg["Message-ID"] = env.header_id
+    msg["X-Tidings-Message"] = str(env.message_id)
+    if env.unsubscribe_url:
+        targets = [f"<{env.unsubscribe_url}>"]
+        if env.unsubscribe_mailto:
+            targets.append(f"<{env.unsubscribe_mailto}>")
+        msg["List-Unsubscribe"] = ", ".join(targets)
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg.set_content(text)
+    msg.add_alternative(html, subtype="html")
+    return msg.as_bytes()
+
+
+def valid_address(value: str) -> bool:
+    """A plausible single email address (no display name, one @, a dotted or local domain)."""
+    pairs = getaddresses([value])
+    if len(pairs) != 1 or pairs[0][1] != value.strip():
+        return False
+    local, at, domain = value.strip().rpartition("@")
+    return bool(at and local and domain and " " not in value and "\n" not in value)

@@ -1,0 +1,227 @@
+"""Rendering an email: Liquid in a sandbox, CSS inlined, a preheader, a plain-text part.
+
+Owns the Liquid environments and the compiled-template cache. It knows nothing of customers or
+sending: callers pass plain JSON-like dicts (`customer`, `event`, `project`, ...), and Liquid can
+only read keys of those dicts. There is no loader (no `include` or `render` of files), and loops,
+output size and nesting are bounded so a template cannot hang or exhaust a worker.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from html import escape as html_escape
+from html.parser import HTMLParser
+from typing import Any
+
+import css_inline
+from liquid import DictLoader, Environment
+from liquid.exceptions import LiquidError
+
+from tidings.errors import BadRequest
+
+
+class _Sandbox(Environment):
+    """Bounded Liquid: no file access, limited loops, output and nesting."""
+
+    loop_iteration_limit = 10_000
+    output_stream_limit = 1_000_000
+    context_depth_limit = 30
+    local_namespace_limit = 100_000
+
+
+def _env(*, autoescape: bool, strict: bool) -> Environment:
+    return _Sandbox(loader=DictLoader({}), autoescape=autoescape, strict_filters=strict)
+
+
+# Sends are lenient (an unknown filter in a branch never taken must not fail a send); saving
+# checks with strict filters so such mistakes are caught when the template is written.
+_SEND = {True: _env(autoescape=True, strict=False), False: _env(autoescape=False, strict=False)}
+_CHECK = {True: _env(autoescape=True, strict=True), False: _env(autoescape=False, strict=True)}
+
+_INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+
+
+class TemplateSyntaxError(BadRequest):
+    """A template part that does not parse (or uses an unknown filter), with its line."""
+
+    code = "invalid_template"
+
+    def __init__(self, part: str, line: int, column: int, detail: str) -> None:
+        super().__init__(f"{part}: line {line}, column {column}: {detail}")
+        self.part, self.line, self.column, self.detail = part, line, column, detail
+
+
+def _position(source: str, exc: LiquidError) -> tuple[int, int]:
+    token = getattr(exc, "token", None)
+    index = getattr(token, "start_index", None)
+    if not isinstance(index, int):
+        return 1, 1
+    before = source[:index]
+    return before.count("\n") + 1, index - (before.rfind("\n") + 1) + 1
+
+
+def check(part: str, source: str, *, html: bool, sample: Mapping[str, Any]) -> None:
+    """Refuse a part that does not parse or render against a sample context."""
+    try:
+        _CHECK[html].from_string(source).render(**sample)
+    except LiquidError as exc:
+        line, column = _position(source, exc)
+        raise TemplateSyntaxError(part, line, column, str(getattr(exc, "message", exc))) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """The source of one template version."""
+
+    subject: str
+    preheader: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """What leaves: subject, html (CSS inlined, preheader in place) and text."""
+
+    subject: str
+    html: str
+    text: str
+
+
+class _Compiled:
+    __slots__ = ("html", "preheader", "subject", "text")
+
+    def __init__(self, parts: Parts) -> None:
+        self.subject = _SEND[False].from_string(parts.subject)
+        self.preheader = _SEND[False].from_string(parts.preheader)
+        self.html = _SEND[True].from_string(parts.html)
+        self.text = _SEND[False].from_string(parts.text) if parts.text.strip() else None
+
+
+_cache: dict[tuple[int, int], _Compiled] = {}
+_cache_lock = threading.Lock()
+
+
+def _compiled(key: tuple[int, int] | None, parts: Parts) -> _Compiled:
+    if key is None:
+        return _Compiled(parts)
+    found = _cache.get(key)
+    if found is None:
+        found = _Compiled(parts)
+        with _cache_lock:
+            if len(_cache) > 2000:
+                _cache.clear()
+            _cache[key] = found
+    return found
+
+
+def render(
+    parts: Parts, context: Mapping[str, Any], *, key: tuple[int, int] | None = None
+) -> Rendered:
+    """Render a template; `key` (template id, version) reuses its compiled form."""
+    compiled = _compiled(key, parts)
+    try:
+        subject = " ".join(compiled.subject.render(**context).split())
+        preheader = " ".join(compiled.preheader.render(**context).split())
+        body = compiled.html.render(**context)
+        text = compiled.text.render(**context) if compiled.text is not None else None
+    except LiquidError as exc:
+        raise BadRequest(
+            f"The template could not be rendered: {exc}", code="render_failed"
+        ) from exc
+    html = _INLINER.inline(_with_preheader(body, preheader))
+    if text is None:
+        text = html_to_text(body)
+    return Rendered(subject=subject, html=html, text=text.strip() + "\n")
+
+
+_BODY_OPEN = re.compile(r"<body[^>]*>", re.IGNORECASE)
+_HIDDEN = (
+    '<div style="display:none;max-height:0;overflow:hidden;mso-hide:all;font-size:1px;'
+    'line-height:1px;color:transparent;opacity:0">{}</div>'
+)
+
+
+def _with_preheader(html: str, preheader: str) -> str:
+    # Mail clients show the first text of the body after the subject: a hidden preheader.
+    if not preheader:
+        return html
+    block = _HIDDEN.format(html_escape(preheader))
+    match = _BODY_OPEN.search(html)
+    if match is None:
+        return block + html
+    return html[: match.end()] + block + html[match.end() :]
+
+
+_BLOCK = {
+    "p", "div", "table", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li",
+    "blockquote", "section", "header", "footer", "article", "hr", "pre", "center",
+}  # fmt: skip
+_SKIP = {"style", "script", "head", "title"}
+
+
+class _TextWriter(HTMLParser):
+    """HTML to readable plain text: blocks become lines, links keep their address."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skip = 0
+        self.href: list[str | None] = []
+        self.link_text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP:
+            self.skip += 1
+        elif tag == "br":
+            self.out.append("\n")
+        elif tag == "li":
+            self.out.append("\n- ")
+        elif tag in _BLOCK:
+            self.out.append("\n\n" if tag in ("p", "h1", "h2", "h3", "table", "hr") else "\n")
+        elif tag == "a":
+            self.href.append(dict(attrs).get("href"))
+            self.link_text.append("")
+        elif tag == "img":
+            alt = dict(attrs).get("alt")
+            if alt:
+                self.handle_data(alt)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP:
+            self.skip = max(0, self.skip - 1)
+        elif tag in _BLOCK:
+            self.out.append("\n")
+        elif tag == "a" and self.href:
+            href, label = self.href.pop(), self.link_text.pop().strip()
+            if href and not href.startswith("#") and href != label:
+                self.out.append(f" ({href})" if label else href)
+
+    def handle_data(self, data: str) -> None:
+        if self.skip:
+            return
+        words = " ".join(data.split())
+        if not words:
+            if data and self.out and not self.out[-1].endswith((" ", "\n")):
+                self.out.append(" ")
+            return
+        if data[:1].isspace() and self.out and not self.out[-1].endswith((" ", "\n")):
+            words = " " + words
+        if data[-1:].isspace():
+            words += " "
+        if self.link_text:
+            self.link_text[-1] += words
+        self.out.append(words)
+
+
+def html_to_text(html: str) -> str:
+    """A plain-text version of an HTML email."""
+    writer = _TextWriter()
+    writer.feed(html)
+    writer.close()
+    text = "".join(writer.out)
+    lines = [line.strip() for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
