@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         description="Default From of every email (a project's email settings may override it).",
     )
     smtp_timeout: float = Field(default=30.0, gt=0, description="Seconds per SMTP operation.")
+    send_lease_seconds: int = Field(
+        default=300,
+        ge=5,
+        description="How long a worker may hold claimed emails before another takes them over.",
+    )
     send_batch: int = Field(
         default=200, ge=1, le=5000, description="Emails a worker claims for delivery at a time."
     )

@@ -32,7 +32,6 @@ from tidings.templates.models import Template
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=5)
 MAX_ATTEMPTS = 6
 
 
@@ -69,7 +68,9 @@ _CLAIM_COLUMNS = (
 )
 
 
-def _claim(session: Session, limit: int, now: datetime) -> list[tuple[Any, ...]]:
+def _claim(
+    session: Session, limit: int, now: datetime, claim: str, lease: timedelta
+) -> list[tuple[Any, ...]]:
     bulk = Bulk(session)
     sql = (
         f"SELECT {_CLAIM_COLUMNS} FROM messages WHERE status IN ('queued', 'deferred') "  # noqa: S608
@@ -80,9 +81,9 @@ def _claim(session: Session, limit: int, now: datetime) -> list[tuple[Any, ...]]
     rows = bulk.fetch(sql, (bulk.dt(now),))
     bulk.update(
         "messages",
-        ("status", "attempts", "lease_until", "updated_at"),
+        ("status", "attempts", "lease_until", "claimed_by", "updated_at"),
         "id",
-        [("sending", r[6] + 1, bulk.dt(now + LEASE), bulk.dt(now), r[0]) for r in rows],
+        [("sending", r[6] + 1, bulk.dt(now + lease), claim, bulk.dt(now), r[0]) for r in rows],
     )
     return rows
 
@@ -323,9 +324,11 @@ def deliver_due(db: Database, *, limit: int | None = None) -> int:
     limit = limit or settings.send_batch
     provider = providers.for_thread(settings.smtp_url, timeout=settings.smtp_timeout)
     now = clock.now()
+    claim = secrets.token_hex(8)
+    lease = timedelta(seconds=settings.send_lease_seconds)
     with db.session(write=True) as session:
         handled = recover(session)
-        rows = _claim(session, limit, now)
+        rows = _claim(session, limit, now, claim, lease)
         if not rows:
             return handled
         batch = _prepare(_Context(session, db), rows, now)
@@ -336,25 +339,40 @@ def deliver_due(db: Database, *, limit: int | None = None) -> int:
             )
             _refresh_segments(session, batch)
             return handled + len(batch)
-    _deliver_smtp(db, provider, batch)
+    _deliver_smtp(db, provider, batch, claim, lease)
     return handled + len(batch)
 
 
-def _deliver_smtp(db: Database, provider: providers.Provider, batch: list[Outgoing]) -> None:
-    pending: list[record.Outcome] = []
+class LostClaim(Exception):
+    """Another worker took the message over (this batch outlived its lease): do not send it."""
 
-    def commit(handing: Outgoing | None) -> Callable[[], None]:
+
+def _deliver_smtp(
+    db: Database, provider: providers.Provider, batch: list[Outgoing], claim: str, lease: timedelta
+) -> None:
+    pending: list[record.Outcome] = []
+    renew_at = [clock.now() + lease / 2]
+
+    def commit(handing: Outgoing) -> Callable[[], None]:
         def run() -> None:
             with db.session(write=True) as session:
-                record.apply(session, pending)
-                if handing is not None:
-                    Bulk(session).update(
-                        "messages",
-                        ("handed_at",),
-                        "id",
-                        [(Bulk(session).dt(clock.now()), handing.id)],
+                record.apply(session, pending, claim=claim)
+                pending.clear()
+                bulk = Bulk(session)
+                now = clock.now()
+                held = bulk.fetch(
+                    "UPDATE messages SET handed_at = {m} WHERE id = {m} AND claimed_by = {m} "
+                    "AND status = 'sending' RETURNING id",
+                    (bulk.dt(now), handing.id, claim),
+                )
+                if now >= renew_at[0]:  # a slow batch keeps its lease
+                    bulk.execute_many(
+                        "UPDATE messages SET lease_until = {m} WHERE id = {m} AND claimed_by = {m}",
+                        [(bulk.dt(now + lease), o.id, claim) for o in batch],
                     )
-            pending.clear()
+                    renew_at[0] = now + lease / 2
+            if not held:
+                raise LostClaim(f"message {handing.id} was taken over by another worker")
 
         return run
 
@@ -365,6 +383,9 @@ def _deliver_smtp(db: Database, provider: providers.Provider, batch: list[Outgoi
         try:
             provider.deliver(sender=o.from_email, recipient=o.to, data=o.data, handover=commit(o))
             pending.append(_sent(o, provider.name))
+        except LostClaim:
+            log.warning("delivery lease lost; leaving the message to its new worker")
+            continue
         except providers.AmbiguousDelivery as exc:
             out = _sent(o, provider.name)
             out.reason = f"unconfirmed: {exc}"
@@ -389,7 +410,7 @@ def _deliver_smtp(db: Database, provider: providers.Provider, batch: list[Outgoi
                     )
                 break
     with db.session(write=True) as session:
-        record.apply(session, pending)
+        record.apply(session, pending, claim=claim)
         _refresh_segments(session, batch)
 
 

@@ -119,6 +119,9 @@ class Message(Base):
     send_after: Mapped[datetime] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Which delivery batch holds the message: a worker whose lease ran out (and whose messages
+    # another worker took over) can no longer hand them over or record their outcome.
+    claimed_by: Mapped[str | None] = mapped_column(String(32))
     # Set (and committed) just before the message body is handed to the SMTP server: a worker
     # that dies after this point may have delivered it, so it is never sent again.
     handed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

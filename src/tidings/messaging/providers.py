@@ -158,7 +158,12 @@ class Smtp:
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             self._drop()
             raise DeliveryError(f"SMTP connection lost: {exc}", transient=True) from exc
-        handover()
+        try:
+            handover()
+        except BaseException:
+            # Mid-DATA: closing the connection makes the server discard the message.
+            self._drop()
+            raise
         body = _DOT.sub(b"..", data)
         if not body.endswith(b"\r\n"):
             body += b"\r\n"

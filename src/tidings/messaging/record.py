@@ -51,15 +51,29 @@ _UPDATE = (
     "sent_at = COALESCE({m}, sent_at), subject = COALESCE({m}, subject), "
     "html = COALESCE({m}, html), text = COALESCE({m}, text), "
     "header_id = COALESCE({m}, header_id), handed_at = {m}, lease_until = NULL, "
-    "updated_at = {m} WHERE id = {m}"
+    "claimed_by = NULL, updated_at = {m} WHERE id = {m}"
 )
 
 
-def apply(session: Session, outcomes: list[Outcome]) -> None:
-    """Write outcomes: the messages, their log, timelines, domain events, suppressions."""
+def apply(session: Session, outcomes: list[Outcome], *, claim: str | None = None) -> None:
+    """Write outcomes: the messages, their log, timelines, domain events, suppressions.
+
+    With `claim`, only messages still held by that delivery batch are written."""
     if not outcomes:
         return
     bulk = Bulk(session)
+    if claim is not None:
+        held = set()
+        for part in chunks([o.id for o in outcomes]):
+            held |= {
+                int(r[0])
+                for r in bulk.select_in(
+                    "SELECT id FROM messages WHERE claimed_by = {m}", "id", part, (claim,)
+                )
+            }
+        outcomes = [o for o in outcomes if o.id in held]
+        if not outcomes:
+            return
     now = clock.now()
     at = bulk.dt(now)
     rows = []

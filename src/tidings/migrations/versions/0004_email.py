@@ -138,6 +138,7 @@ def upgrade() -> None:
         sa.Column("send_after", tidings.db.types.UTCDateTime(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("lease_until", tidings.db.types.UTCDateTime(), nullable=True),
+        sa.Column("claimed_by", sa.String(length=32), nullable=True),
         sa.Column("handed_at", tidings.db.types.UTCDateTime(), nullable=True),
         sa.Column("header_id", sa.String(length=255), nullable=True),
         sa.Column("subject", sa.Text(), nullable=True),
