@@ -2,7 +2,7 @@
 
 A definition is plain JSON: a tree of `all` / `any` / `not` groups whose leaves are conditions,
 one family per leading key (`trait`, `event`, `page`, `tag`, `revenue`, `group_trait`, `group`,
-`audience`, `segment`, `random`). Parsing checks every operator and value and names the
+`audience`, `segment`, `random`, `email`). Parsing checks every operator and value and names the
 offending condition by its path (`rules.all[2].any[0]`), so a bad definition is refused with a
 message the user can act on. New families (message and survey conditions) add a parser to
 `_FAMILIES` and a case to the evaluator and the compiler.
@@ -558,6 +558,44 @@ def _random(raw: dict[str, Any], path: str, ctx: _Ctx) -> RandomCond:
     return RandomCond(salt, round(float(pct) * 100))
 
 
+# Email conditions read the email events Tidings puts on timelines (Segment's email spec), so
+# they are event conditions with the message's template and topic as property filters.
+EMAIL_EVENTS = {
+    "delivered": "Email Delivered",
+    "opened": "Email Opened",
+    "clicked": "Email Link Clicked",
+    "bounced": "Email Bounced",
+    "marked_as_spam": "Email Marked as Spam",
+    "unsubscribed": "Unsubscribed",
+}
+
+
+def _email(raw: dict[str, Any], path: str, ctx: _Ctx) -> EventCond:
+    """`{"email": "opened", "op": "performed", "template": 3, "within_days": 7}`."""
+    _only(raw, path, {"email", "template", "topic", "link_url", *_EVENT_KEYS})
+    kind = raw["email"]
+    if kind not in EMAIL_EVENTS:
+        raise _fail(path, f"email must be one of {', '.join(EMAIL_EVENTS)}")
+    op = _op(raw, path, EVENT_OPS, "email")
+    extra: list[PropertyCond] = []
+    if "template" in raw:
+        tid = raw["template"]
+        if not isinstance(tid, int) or isinstance(tid, bool) or tid <= 0:
+            raise _fail(path, "template must be a template's id")
+        extra.append(PropertyCond(("template_id",), ValueTest("eq", tid)))
+    for key, prop in (("topic", "topic"), ("link_url", "link_url")):
+        if key in raw:
+            if not isinstance(raw[key], str) or not raw[key]:
+                raise _fail(path, f"{key} must be a non-empty string")
+            if key == "link_url" and kind != "clicked":
+                raise _fail(path, 'link_url goes with "clicked"')
+            extra.append(PropertyCond((prop,), ValueTest("eq", raw[key])))
+    rest = {k: v for k, v in raw.items() if k not in ("email", "template", "topic", "link_url")}
+    parts = _event_common(rest, path, op)
+    parts["where"] = (*parts["where"], *extra)
+    return EventCond(type="track", name=EMAIL_EVENTS[kind], op=op, **parts)
+
+
 _FAMILIES: dict[str, Callable[[dict[str, Any], str, _Ctx], Condition]] = {
     "trait": _trait,
     "event": _event,
@@ -569,6 +607,7 @@ _FAMILIES: dict[str, Callable[[dict[str, Any], str, _Ctx], Condition]] = {
     "audience": _audience,
     "segment": _segment,
     "random": _random,
+    "email": _email,
 }
 
 

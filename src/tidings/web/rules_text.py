@@ -211,6 +211,11 @@ def describe(cond: Any, names: dict[int, str] | None = None) -> str:
         ref = cond["segment"]
         name = (names or {}).get(ref) if isinstance(ref, int) else None
         return _cap(f"{SEGMENT_LABELS.get(op, op)} segment {_show(name or ref)}")
+    if "email" in cond:
+        what = f"email {_show(cond['email'])}"
+        if "template" in cond:
+            what += f" (template {_show(cond['template'])})"
+        return _cap(f"{EVENT_LABELS.get(op, op)} {what}{_event_text(cond)}")
     if "random" in cond:
         return f"Random {cond.get('percent')}% of customers (draw {_show(cond['random'])})"
     return _show(cond)
