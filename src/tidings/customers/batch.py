@@ -545,7 +545,10 @@ class ProfileBatch:
                 session.execute(delete(Customer).where(Customer.id == src_id))
                 continue
             params = {"src": src_id, "dst": target.id}
-            for table in ("events", "charges", "customer_anonymous_ids"):
+            # Rows that belong to the person, not the profile, follow them (a merge happens in
+            # the middle of this batch, before any other package could step in): the timeline,
+            # charges, ids, and the emails they were sent.
+            for table in ("events", "charges", "customer_anonymous_ids", "messages"):
                 session.execute(
                     text(f"UPDATE {table} SET customer_id = :dst WHERE customer_id = :src"),  # noqa: S608
                     params,
@@ -565,6 +568,17 @@ class ProfileBatch:
                     "SELECT :dst, group_pk, created_at FROM customer_groups g "
                     "WHERE g.customer_id = :src AND NOT EXISTS (SELECT 1 FROM customer_groups d "
                     "WHERE d.customer_id = :dst AND d.group_pk = g.group_pk)"
+                ),
+                params,
+            )
+            # An opt-out made as the anonymous profile stays, unless the identified one chose.
+            session.execute(
+                text(
+                    "INSERT INTO subscriptions (customer_id, topic, project_id, subscribed, "
+                    "source, updated_at) SELECT :dst, topic, project_id, subscribed, source, "
+                    "updated_at FROM subscriptions s WHERE s.customer_id = :src AND NOT EXISTS "
+                    "(SELECT 1 FROM subscriptions d WHERE d.customer_id = :dst "
+                    "AND d.topic = s.topic)"
                 ),
                 params,
             )
