@@ -27,6 +27,7 @@ FAMILIES: dict[str, str] = {
     "audience": "Audience",
     "segment": "Segment",
     "random": "Random sample",
+    "email": "Email",
 }
 
 VALUE_LABELS: dict[str, str] = {
@@ -92,6 +93,7 @@ def builder_config(
     """What the rule builder script needs: families, operators, labels and the catalogs."""
     return {
         "preview_url": preview_url,
+        "email_kinds": list(rules.EMAIL_EVENTS),
         "families": [{"key": k, "label": v} for k, v in FAMILIES.items()],
         "ops": {
             "value": list(rules.VALUE_OPS),

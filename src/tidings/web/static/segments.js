@@ -465,6 +465,7 @@
     audience: function () { return { audience: "", op: "member" }; },
     segment: function () { return { segment: config.segments.length ? config.segments[0].id : 0, op: "in" }; },
     random: function () { return { random: "sample", percent: 10 }; },
+    email: function () { return { email: "opened", op: "performed", within_days: 30 }; },
   };
 
   function textInput(node, key, path, ariaLabel, placeholder) {
@@ -489,6 +490,21 @@
 
   // Each returns the condition's rows (arrays of controls), or null to edit it as JSON.
   var FAMILIES = {
+    email: function (node, path) {
+      var allowed = ["email", "op", "count", "within_days", "between", "template", "topic"];
+      if (!keysWithin(node, allowed) || config.email_kinds.indexOf(node.email) < 0) return null;
+      if (node.op !== "performed" && node.op !== "not_performed") return null;
+      var op = simpleOp(node, path, "event", ["performed", "not_performed"], function () {
+        if (node.op === "not_performed") delete node.count;
+      });
+      var kind = selectEl(idFor(path, "email"), "Email event",
+        config.email_kinds.map(function (k) { return [k, k.replace(/_/g, " ")]; }), node.email,
+        function (ev) { node.email = ev.target.value; rerender(idFor(path, "email")); });
+      var count = node.op === "performed" ? countControls(node, path) : [];
+      var win = windowControls(node, path);
+      if (!op || count === null || !win) return null;
+      return [[op, el("span", { text: "email" }), kind], count.concat(win)];
+    },
     trait: function (node, path) {
       if (!keysWithin(node, ["trait", "op", "value"]) || typeof node.trait !== "string") return null;
       var keys = config.traits.map(function (t) { return t.key; });
