@@ -116,8 +116,9 @@ def recover(session: Session) -> int:
     for mid, pid, cid, sender, handed in rows:
         if handed is None:
             outcomes.append(
+                # Its send_after is kept: it is due again at once.
                 record.Outcome(
-                    mid, pid, cid, sender, "deferred", "the worker stopped before sending", now
+                    mid, pid, cid, sender, "deferred", "the worker stopped before sending"
                 )
             )
         else:
