@@ -33,6 +33,7 @@ from tidings.templates.models import Template
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 6
+RECORD_EVERY = 50
 
 
 def backoff(attempts: int) -> timedelta:
@@ -357,8 +358,12 @@ def _deliver_smtp(
     def commit(handing: Outgoing) -> Callable[[], None]:
         def run() -> None:
             with db.session(write=True) as session:
-                record.apply(session, pending, claim=claim)
-                pending.clear()
+                # Outcomes ride along now and then; the hand-over is what must be committed
+                # before each body leaves (a crash before an outcome is recorded leaves the
+                # message handed over, which recovery records as sent).
+                if len(pending) >= RECORD_EVERY:
+                    record.apply(session, pending, claim=claim)
+                    pending.clear()
                 bulk = Bulk(session)
                 now = clock.now()
                 held = bulk.fetch(
