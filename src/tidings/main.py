@@ -36,7 +36,7 @@ from tidings.db import Database
 from tidings.db.migrate import require_current
 from tidings.errors import AppError
 from tidings.ingest.inbox import InboxWriter, ensure_inbox_schema
-from tidings.web import email_links, pages, segment_pages
+from tidings.web import email_links, email_pages, pages, segment_pages
 from tidings.web.pages import LoginRequired
 from tidings.web.render import HERE, templates
 from tidings.worker.runner import Worker
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Tidi
         health.router,
         segment_pages.router,
         email_links.router,
+        email_pages.router,
         pages.router,
     ):
         app.include_router(router)

@@ -24,6 +24,7 @@ from tidings.db import Database
 from tidings.errors import AppError, BadRequest, Forbidden
 from tidings.ingest import service as ingestion
 from tidings.ingest.wire import TYPES
+from tidings.messaging import service as messaging
 from tidings.segments import service as segments
 from tidings.web.render import Viewer, templates
 
@@ -324,13 +325,19 @@ def _profile_context(
         "segments": segments.customer_segments(
             session, project_id=project_id, customer_id=customer_id
         ),
+        "messages": messaging.list_messages(
+            session, project_id=project_id, customer_id=customer_id, limit=10
+        )[0],
+        "subscriptions": messaging.customer_subscriptions(
+            session, project_id=project_id, customer_id=customer_id
+        ),
     }
 
 
 @router.get("/p/{project_id}/customers/{customer_id}")
 def customer_page(
     request: Request,
-    session: Reader,
+    session: Writer,  # the subscriptions create the built-in topics on first use
     project_id: int,
     customer_id: int,
     cursor: str | None = None,
