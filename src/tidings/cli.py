@@ -113,6 +113,7 @@ def serve(
 
     _logging()
     settings = get_settings()
+    _check_smtp_url(settings.smtp_url)
     db = Database(settings)
     if migrate:
         before = migrations.current(db)
@@ -147,6 +148,17 @@ def serve(
     )
 
 
+def _check_smtp_url(url: str | None) -> None:
+    """Refuse to start with an SMTP URL that could never work (said once, not every round)."""
+    if url:
+        from tidings.messaging.providers import parse_smtp_url
+
+        try:
+            parse_smtp_url(url)
+        except ValueError as exc:
+            _fail(str(exc))
+
+
 @app.command()
 def worker() -> None:
     """Process the ingestion inbox and background jobs (run as many as you like on PostgreSQL)."""
@@ -156,6 +168,7 @@ def worker() -> None:
         migrations.require_current(db)
     except AppError as exc:
         _fail(exc.message)
+    _check_smtp_url(db.settings.smtp_url)
     ensure_inbox_schema(db)
     w = Worker(db)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())

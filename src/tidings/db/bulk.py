@@ -8,16 +8,22 @@ with `Bulk.dt` / `Bulk.json` so they read back exactly as SQLAlchemy would have 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 import orjson
+import psycopg
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tidings.db.engine import json_dumps
+
+# A duplicate key, whether it came through SQLAlchemy or straight from a driver's cursor.
+DUPLICATE_KEY = (IntegrityError, sqlite3.IntegrityError, psycopg.errors.UniqueViolation)
 
 
 @lru_cache(maxsize=65536)

@@ -130,7 +130,8 @@ def recover(session: Session) -> int:
                     cid,
                     sender,
                     "sent",
-                    "unconfirmed: the worker stopped after handing it to the server",
+                    "the worker stopped after handing it to the server, before recording "
+                    "the server's reply",
                 )
             )
     record.apply(session, outcomes)
@@ -366,10 +367,21 @@ def _deliver_smtp(
                     pending.clear()
                 bulk = Bulk(session)
                 now = clock.now()
+                # What leaves is logged with the hand-over, so a crash before the outcome is
+                # recorded still leaves the Message-ID and content of what the server got.
                 held = bulk.fetch(
-                    "UPDATE messages SET handed_at = {m} WHERE id = {m} AND claimed_by = {m} "
+                    "UPDATE messages SET handed_at = {m}, header_id = {m}, subject = {m}, "
+                    "html = {m}, text = {m} WHERE id = {m} AND claimed_by = {m} "
                     "AND status = 'sending' RETURNING id",
-                    (bulk.dt(now), handing.id, claim),
+                    (
+                        bulk.dt(now),
+                        handing.header_id,
+                        handing.subject,
+                        handing.html,
+                        handing.text,
+                        handing.id,
+                        claim,
+                    ),
                 )
                 if now >= renew_at[0]:  # a slow batch keeps its lease
                     bulk.execute_many(

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from tidings import clock
 from tidings.customers import service as customers
-from tidings.db.bulk import Bulk, chunks
+from tidings.db.bulk import DUPLICATE_KEY, Bulk, chunks
 from tidings.errors import BadRequest
 from tidings.messaging import settings as email_settings
 from tidings.messaging.models import EmailSettings, Message
@@ -265,9 +265,21 @@ def send_many(
 ) -> list[int]:
     """Decide and queue one message per (customer id, idempotency key); returns message ids.
 
-    A key that already has a message returns that message: nothing is sent twice.
+    A key that already has a message returns that message: nothing is sent twice, even when
+    two senders race with the same key (the loser finds the winner's message).
     """
     _check_request(session, project_id, request)
+    try:
+        with session.begin_nested():
+            return _send_many(session, project_id, request, recipients)
+    except DUPLICATE_KEY:
+        with session.begin_nested():
+            return _send_many(session, project_id, request, recipients)
+
+
+def _send_many(
+    session: Session, project_id: int, request: Request, recipients: list[tuple[int, str]]
+) -> list[int]:
     s = email_settings.get(session, project_id=project_id)
     bulk = Bulk(session)
     now = clock.now()

@@ -70,19 +70,30 @@ class SmtpTarget:
     password: str | None
 
 
+_SHAPE = (
+    "TIDINGS_SMTP_URL must look like smtp://host:port, smtp+starttls://user:pass@host:587 or "
+    "smtps://user:pass@host:465"
+)
+
+
 def parse_smtp_url(url: str) -> SmtpTarget:
-    """smtp://host:port, smtp+starttls://user:pass@host:587, smtps://user:pass@host:465."""
+    """smtp://host:port, smtp+starttls://user:pass@host:587, smtps://user:pass@host:465.
+
+    Errors never repeat the URL: it may hold a password."""
     parts = urlsplit(url)
     security = {"smtp": "none", "smtp+starttls": "starttls", "smtps": "tls"}.get(parts.scheme)
-    if security is None or not parts.hostname:
-        raise ValueError(
-            f"TIDINGS_SMTP_URL must look like smtp://host:port, smtp+starttls://user:pass@host:587 "
-            f"or smtps://user:pass@host:465, not {url!r}"
-        )
+    if security is None:
+        raise ValueError(f"{_SHAPE} (unknown scheme {parts.scheme!r})")
+    if not parts.hostname:
+        raise ValueError(f"{_SHAPE} (no host)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{_SHAPE} (the port must be a number from 1 to 65535)") from None
     default_port = {"none": 25, "starttls": 587, "tls": 465}[security]
     return SmtpTarget(
         host=parts.hostname,
-        port=parts.port or default_port,
+        port=port or default_port,
         security=security,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
@@ -221,6 +232,11 @@ class Envelope:
     message_id: int
 
 
+# SMTP line endings, folding only past RFC 5322's hard limit: List-Unsubscribe must stay plain
+# ASCII on the wire (folding at 78 would turn a long mailto into an encoded word).
+_POLICY = SMTP.clone(max_line_length=998)
+
+
 def mailbox(value: str) -> tuple[str | None, str]:
     """("Name", "addr") from "Name <addr>" or "addr"."""
     name, addr = parseaddr(value)
@@ -233,7 +249,7 @@ def domain_of(address: str) -> str:
 
 def build(env: Envelope, *, html: str, text: str) -> bytes:
     """The MIME message: text and HTML alternatives, RFC 8058 headers on marketing mail."""
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=_POLICY)
     local, _, domain = env.from_email.partition("@")
     msg["From"] = Address(display_name=env.from_name or "", username=local, domain=domain)
     msg["To"] = env.to

@@ -265,6 +265,7 @@ def add_suppression(
     session: Session, *, project_id: int, email: str, note: str = ""
 ) -> SuppressionOut:
     """Suppress an address by hand."""
+    email = email.strip()
     if not valid_address(email):
         raise BadRequest(f"email: {email!r} is not an email address.", code="bad_address")
     record.suppress(session, project_id=project_id, email=email, reason="manual", note=note)
@@ -348,9 +349,10 @@ def list_messages(
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[MessageOut], str | None]:
-    """The message log, newest first."""
+    """The message log, newest first (one customer's: NotFound for a stranger)."""
     query = select(Message).where(Message.project_id == project_id)
     if customer_id is not None:
+        customers.get_or_raise(session, project_id=project_id, customer_id=customer_id)
         query = query.where(Message.customer_id == customer_id)
     if status:
         query = query.where(Message.status == status)

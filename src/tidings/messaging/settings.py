@@ -16,6 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tidings import clock
+from tidings.db import table_of
+from tidings.db.upsert import upsert
 from tidings.errors import BadRequest, Conflict, NotFound
 from tidings.messaging.models import EmailSettings, Subscription, Topic
 
@@ -32,19 +34,27 @@ def get(session: Session, *, project_id: int) -> EmailSettings:
     found = session.get(EmailSettings, project_id)
     if found is not None:
         return found
-    found = EmailSettings(
-        project_id=project_id,
-        address="",
-        cap_count=0,
-        cap_days=7,
-        timezone="UTC",
-        track_opens=True,
-        track_clicks=True,
-        link_secret=secrets.token_urlsafe(32),
-        updated_at=clock.now(),
+    # Two first uses may race: the loser's insert does nothing and both read the winner's row.
+    upsert(
+        session,
+        table_of(EmailSettings),
+        [
+            {
+                "project_id": project_id,
+                "address": "",
+                "cap_count": 0,
+                "cap_days": 7,
+                "timezone": "UTC",
+                "track_opens": True,
+                "track_clicks": True,
+                "link_secret": secrets.token_urlsafe(32),
+                "updated_at": clock.now(),
+            }
+        ],
+        keys=("project_id",),
     )
-    session.add(found)
-    session.flush()
+    found = session.get(EmailSettings, project_id)
+    assert found is not None
     return found
 
 
@@ -99,18 +109,27 @@ def ensure_topics(session: Session, *, project_id: int) -> list[Topic]:
     )
     have = {t.key for t in topics}
     missing = [k for k in BUILTIN_TOPICS if k not in have]
-    if missing:
-        now = clock.now()
-        for key in missing:
-            name, description = BUILTIN_TOPICS[key]
-            t = Topic(
-                project_id=project_id, key=key, name=name, description=description, created_at=now
-            )
-            session.add(t)
-            topics.append(t)
-        session.flush()
-        topics.sort(key=lambda t: t.key)
-    return topics
+    if not missing:
+        return topics
+    now = clock.now()
+    upsert(
+        session,
+        table_of(Topic),
+        [
+            {
+                "project_id": project_id,
+                "key": key,
+                "name": BUILTIN_TOPICS[key][0],
+                "description": BUILTIN_TOPICS[key][1],
+                "created_at": now,
+            }
+            for key in missing
+        ],
+        keys=("project_id", "key"),
+    )
+    return list(
+        session.scalars(select(Topic).where(Topic.project_id == project_id).order_by(Topic.key))
+    )
 
 
 def topic_or_raise(session: Session, *, project_id: int, key: str) -> Topic:

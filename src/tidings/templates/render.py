@@ -54,21 +54,29 @@ class TemplateSyntaxError(BadRequest):
         self.part, self.line, self.column, self.detail = part, line, column, detail
 
 
-def _position(source: str, exc: LiquidError) -> tuple[int, int]:
-    token = getattr(exc, "token", None)
-    index = getattr(token, "start_index", None)
+def _position(source: str, index: Any) -> tuple[int, int]:
     if not isinstance(index, int):
         return 1, 1
+    if index < 0 or index > len(source):  # the end of the template (an unclosed block)
+        index = len(source)
     before = source[:index]
     return before.count("\n") + 1, index - (before.rfind("\n") + 1) + 1
 
 
 def check(part: str, source: str, *, html: bool, sample: Mapping[str, Any]) -> None:
-    """Refuse a part that does not parse or render against a sample context."""
+    """Refuse a part that does not parse, uses an unknown filter (in any branch), or fails to
+    render against a sample context."""
+    env = _CHECK[html]
     try:
-        _CHECK[html].from_string(source).render(**sample)
+        template = env.from_string(source)
+        for name, spans in template.analyze().filters.items():
+            if name not in env.filters:
+                line, column = _position(source, getattr(spans[0], "index", None))
+                raise TemplateSyntaxError(part, line, column, f"unknown filter {name!r}")
+        template.render(**sample)
     except LiquidError as exc:
-        line, column = _position(source, exc)
+        index = getattr(getattr(exc, "token", None), "start_index", None)
+        line, column = _position(source, index)
         raise TemplateSyntaxError(part, line, column, str(getattr(exc, "message", exc))) from exc
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tidings import clock
@@ -99,6 +100,20 @@ def get_default(session: Session, *, project_id: int) -> Template:
     )
     if t is not None:
         return t
+    try:
+        # Two first uses may race on PostgreSQL: the loser reads the winner's layout.
+        with session.begin_nested():
+            return _create_default(session, project_id)
+    except IntegrityError:
+        found = session.scalar(
+            select(Template).where(Template.project_id == project_id, Template.is_default.is_(True))
+        )
+        if found is None:
+            raise
+        return found
+
+
+def _create_default(session: Session, project_id: int) -> Template:
     now = clock.now()
     t = Template(
         project_id=project_id,
