@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
-from tests.support import create_database, free_port
 
+from tests.support import create_database, free_port
 from tidings import clock
 from tidings.auth import service as projects
 from tidings.config import Settings
