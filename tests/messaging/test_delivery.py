@@ -157,7 +157,7 @@ def test_a_message_handed_over_before_a_crash_is_never_sent_again(world: World) 
     delivery.deliver_due(world.db)
     got = statuses(world)
     assert got[first][0] == "sent"
-    assert "unconfirmed" in (got[first][1] or "")
+    assert "before recording the server's reply" in (got[first][1] or "")
     assert got[second] == ("sent", None)
     assert world.sink.ids() == [str(second)]
 

@@ -309,8 +309,8 @@ def test_a_test_send_lands_in_the_outbox_and_its_page_shows_the_email(
     )
     row = rows[1]
     assert row.find("td", class_="to").text == "me@example.com"
-    # Without a customer the service renders customer fields empty (the preview uses a sample).
-    assert row.find("td", class_="subject").text == sent["subject"] == "Launch day"
+    # Without a customer a test send renders the sample customer, like the editor's preview.
+    assert row.find("td", class_="subject").text == sent["subject"] == "Launch day Ada"
     assert row.find("td", class_="subject").find("a").attrs["href"] == f"/p/{pid}/messages/{mid}"
     assert row.find("span", class_="badge").text == "sent"
     assert row.find("td", class_="sender").text == "test"
@@ -322,12 +322,12 @@ def test_a_test_send_lands_in_the_outbox_and_its_page_shows_the_email(
     assert f"img-src data: {owner.base_url}/static/;" in csp
     assert "frame-src 'none'" in csp
     doc = parse(r.text)
-    assert doc.find("h1").text == "Launch day"
+    assert doc.find("h1").text == "Launch day Ada"
     assert doc.by_id("message-status").text == "sent"
     frame = doc.by_id("message-frame")
     assert frame.attrs["sandbox"] == ""
     assert frame.attrs["srcdoc"] == sent["html"]
-    assert "<p>Hello , <a" in frame.attrs["srcdoc"]
+    assert "<p>Hello Ada, <a" in frame.attrs["srcdoc"]
     assert doc.by_id("message-text").text == " ".join(sent["text"].split())
     assert "Launch" in doc.by_id("message-details").text
     assert [e["type"] for e in sent["events"]] == [

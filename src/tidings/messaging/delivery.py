@@ -183,6 +183,15 @@ def _customer_docs(session: Session, ids: list[int]) -> dict[int, dict[str, Any]
     return out
 
 
+def _recipient(
+    docs: dict[int, dict[str, Any]], customer_id: int | None, sender: str
+) -> dict[str, Any] | None:
+    if customer_id is not None:
+        return docs.get(customer_id)
+    # A test send for no one in particular looks like the editor's preview.
+    return dict(templates.SAMPLE_CONTEXT["customer"]) if sender == "test" else None
+
+
 def context_for(
     customer: dict[str, Any] | None,
     project_name: str,
@@ -251,7 +260,7 @@ def _prepare(ctx: _Context, rows: list[tuple[Any, ...]], now: datetime) -> list[
         try:
             rendered = render.render(
                 templates.parts(template),
-                context_for(docs.get(cid) if cid else None, ctx.names[pid], s, link, values),
+                context_for(_recipient(docs, cid, sender), ctx.names[pid], s, link, values),
                 key=(template.id, template.version),
             )
         except AppError as exc:
