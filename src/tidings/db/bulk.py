@@ -9,7 +9,7 @@ with `Bulk.dt` / `Bulk.json` so they read back exactly as SQLAlchemy would have 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -44,6 +44,11 @@ def _read_sqlite_dt(value: str) -> datetime:
 
 
 IN_CHUNK = 500  # values per IN (...) list: far below every database's bound-parameter limit
+
+
+def bulk_dt(postgres: bool) -> Callable[[datetime], Any]:
+    """How a UTCDateTime column stores a datetime on this dialect (see Bulk.dt)."""
+    return _pg_dt if postgres else _sqlite_dt
 
 
 def chunks(values: Iterable[Any], size: int = IN_CHUNK) -> Iterable[list[Any]]:

@@ -84,9 +84,9 @@ class Database:
         else:
             self.inbox_engine = _make_engine(inbox_url, synchronous=settings.inbox_sync.upper())
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
-        self.write_sessionmaker = sessionmaker(
-            self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
-        )
+        # Core connections for short write transactions on hot paths (no ORM session).
+        self.write_engine = self.engine.execution_options(sqlite_immediate=True)
+        self.write_sessionmaker = sessionmaker(self.write_engine, expire_on_commit=False)
         self.inbox_write_engine = self.inbox_engine.execution_options(sqlite_immediate=True)
 
     @property

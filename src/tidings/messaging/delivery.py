@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from tidings import clock
 from tidings.auth import service as projects
 from tidings.db import Database
-from tidings.db.bulk import Bulk, chunks
+from tidings.db.bulk import Bulk, bulk_dt, chunks
 from tidings.errors import AppError
 from tidings.messaging import gateway, links, providers, record
 from tidings.messaging import settings as email_settings
@@ -355,6 +355,13 @@ def deliver_due(db: Database, *, limit: int | None = None) -> int:
     return handled + len(batch)
 
 
+HANDOVER = (
+    "UPDATE messages SET handed_at = {m}, header_id = {m}, subject = {m}, html = {m}, "
+    "text = {m} WHERE id = {m} AND claimed_by = {m} AND status = 'sending' RETURNING id"
+)
+RENEW = "UPDATE messages SET lease_until = {m} WHERE id = {m} AND claimed_by = {m}"
+
+
 class LostClaim(Exception):
     """Another worker took the message over (this batch outlived its lease): do not send it."""
 
@@ -364,26 +371,28 @@ def _deliver_smtp(
 ) -> None:
     pending: list[record.Outcome] = []
     renew_at = [clock.now() + lease / 2]
+    postgres = db.engine.dialect.name == "postgresql"
+    mark = "%s" if postgres else "?"
+    dt = bulk_dt(postgres)
 
     def commit(handing: Outgoing) -> Callable[[], None]:
         def run() -> None:
-            with db.session(write=True) as session:
-                # Outcomes ride along now and then; the hand-over is what must be committed
-                # before each body leaves (a crash before an outcome is recorded leaves the
-                # message handed over, which recovery records as sent).
-                if len(pending) >= RECORD_EVERY:
+            # Outcomes ride along now and then; the hand-over is what must be committed
+            # before each body leaves (a crash before an outcome is recorded leaves the
+            # message handed over, which recovery records as sent).
+            if len(pending) >= RECORD_EVERY:
+                with db.session(write=True) as session:
                     record.apply(session, pending, claim=claim)
-                    pending.clear()
-                bulk = Bulk(session)
-                now = clock.now()
-                # What leaves is logged with the hand-over, so a crash before the outcome is
-                # recorded still leaves the Message-ID and content of what the server got.
-                held = bulk.fetch(
-                    "UPDATE messages SET handed_at = {m}, header_id = {m}, subject = {m}, "
-                    "html = {m}, text = {m} WHERE id = {m} AND claimed_by = {m} "
-                    "AND status = 'sending' RETURNING id",
+                pending.clear()
+            now = clock.now()
+            # What leaves is logged with the hand-over, so a crash before the outcome is
+            # recorded still leaves the Message-ID and content of what the server got. A bare
+            # Core transaction: this runs once per email.
+            with db.write_engine.begin() as conn:
+                held = conn.exec_driver_sql(
+                    HANDOVER.format(m=mark),
                     (
-                        bulk.dt(now),
+                        dt(now),
                         handing.header_id,
                         handing.subject,
                         handing.html,
@@ -391,14 +400,13 @@ def _deliver_smtp(
                         handing.id,
                         claim,
                     ),
-                )
+                ).first()
                 if now >= renew_at[0]:  # a slow batch keeps its lease
-                    bulk.execute_many(
-                        "UPDATE messages SET lease_until = {m} WHERE id = {m} AND claimed_by = {m}",
-                        [(bulk.dt(now + lease), o.id, claim) for o in batch],
+                    conn.exec_driver_sql(
+                        RENEW.format(m=mark), [(dt(now + lease), o.id, claim) for o in batch]
                     )
                     renew_at[0] = now + lease / 2
-            if not held:
+            if held is None:
                 raise LostClaim(f"message {handing.id} was taken over by another worker")
 
         return run

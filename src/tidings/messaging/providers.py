@@ -13,16 +13,16 @@ Errors:
 
 from __future__ import annotations
 
+import binascii
 import re
+import secrets
 import smtplib
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime, getaddresses, parseaddr
+from email.header import Header
+from email.utils import format_datetime, formataddr, getaddresses, parseaddr
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -232,11 +232,6 @@ class Envelope:
     message_id: int
 
 
-# SMTP line endings, folding only past RFC 5322's hard limit: List-Unsubscribe must stay plain
-# ASCII on the wire (folding at 78 would turn a long mailto into an encoded word).
-_POLICY = SMTP.clone(max_line_length=998)
-
-
 def mailbox(value: str) -> tuple[str | None, str]:
     """("Name", "addr") from "Name <addr>" or "addr"."""
     name, addr = parseaddr(value)
@@ -247,27 +242,60 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2] or "localhost"
 
 
+def _header_text(value: str) -> str:
+    """A header value: one line, RFC 2047-encoded when it is not plain ASCII."""
+    value = " ".join(value.split())
+    if value.isascii():
+        return value
+    return Header(value, "utf-8").encode(linesep="\r\n")
+
+
+def _qp(body: str) -> bytes:
+    """A text body as UTF-8 quoted-printable with CRLF line endings."""
+    raw = body.replace("\r\n", "\n").replace("\r", "\n").encode()
+    return binascii.b2a_qp(raw, istext=True).replace(b"\n", b"\r\n")
+
+
 def build(env: Envelope, *, html: str, text: str) -> bytes:
-    """The MIME message: text and HTML alternatives, RFC 8058 headers on marketing mail."""
-    msg = EmailMessage(policy=_POLICY)
-    local, _, domain = env.from_email.partition("@")
-    msg["From"] = Address(display_name=env.from_name or "", username=local, domain=domain)
-    msg["To"] = env.to
+    """The MIME message: text and HTML alternatives, RFC 8058 headers on marketing mail.
+
+    Written directly rather than through `email.message`, whose header objects cost more than
+    rendering the email: every value here is either ours or folded to one encoded line.
+    """
+    boundary = f"=_tidings_{secrets.token_hex(12)}"
+    sender = formataddr((env.from_name or "", env.from_email), charset="utf-8")
+    headers = [
+        f"From: {sender}",
+        f"To: {_header_text(env.to)}",
+        f"Subject: {_header_text(env.subject)}",
+        f"Date: {format_datetime(clock.now())}",
+        f"Message-ID: {env.header_id}",
+        f"X-Tidings-Message: {env.message_id}",
+    ]
     if env.reply_to:
-        msg["Reply-To"] = env.reply_to
-    msg["Subject"] = env.subject
-    msg["Date"] = format_datetime(clock.now())
-    msg["Message-ID"] = env.header_id
-    msg["X-Tidings-Message"] = str(env.message_id)
+        headers.append(f"Reply-To: {_header_text(env.reply_to)}")
     if env.unsubscribe_url:
         targets = [f"<{env.unsubscribe_url}>"]
         if env.unsubscribe_mailto:
             targets.append(f"<{env.unsubscribe_mailto}>")
-        msg["List-Unsubscribe"] = ", ".join(targets)
-        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg.set_content(text)
-    msg.add_alternative(html, subtype="html")
-    return msg.as_bytes()
+        headers.append(f"List-Unsubscribe: {', '.join(targets)}")
+        headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+    headers += [
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+    ]
+    part = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable'
+    return b"".join(
+        (
+            "\r\n".join(headers).encode(),
+            b"\r\n\r\n",
+            f"--{boundary}\r\n{part.format('plain')}\r\n\r\n".encode(),
+            _qp(text),
+            f"\r\n--{boundary}\r\n{part.format('html')}\r\n\r\n".encode(),
+            _qp(html),
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
 
 
 def valid_address(value: str) -> bool:

@@ -88,6 +88,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("templates", schema=None) as batch_op:
         batch_op.create_index("uq_templates_project_name", ["project_id", "name"], unique=True)
+        batch_op.create_index(
+            "uq_templates_project_default",
+            ["project_id"],
+            unique=True,
+            sqlite_where=sa.text("is_default"),
+            postgresql_where=sa.text("is_default"),
+        )
 
     op.create_table(
         "topics",
@@ -259,6 +266,7 @@ def downgrade() -> None:
     op.drop_table("messages")
     op.drop_table("topics")
     with op.batch_alter_table("templates", schema=None) as batch_op:
+        batch_op.drop_index("uq_templates_project_default")
         batch_op.drop_index("uq_templates_project_name")
 
     op.drop_table("templates")
