@@ -21,6 +21,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from email.header import Header
 from email.utils import format_datetime, formataddr, getaddresses, parseaddr
 from typing import Protocol
@@ -232,6 +233,7 @@ class Envelope:
     message_id: int
 
 
+@lru_cache(maxsize=256)
 def mailbox(value: str) -> tuple[str | None, str]:
     """("Name", "addr") from "Name <addr>" or "addr"."""
     name, addr = parseaddr(value)
