@@ -21,9 +21,9 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from email.header import Header
 from email.utils import format_datetime, formataddr, getaddresses, parseaddr
+from functools import lru_cache
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
