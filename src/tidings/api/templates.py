@@ -70,7 +70,7 @@ def update_template(ctx: Writer, template_id: int, body: TemplatePatch) -> Templ
 @router.delete("/{template_id}", status_code=204)
 def delete_template(ctx: Writer, template_id: int) -> Response:
     """Delete a template (not the default layout)."""
-    service.delete(ctx.session, project_id=ctx.project_id, template_id=template_id)
+    messaging.delete_template(ctx.session, project_id=ctx.project_id, template_id=template_id)
     return Response(status_code=204)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tidings import clock
@@ -667,3 +667,18 @@ def preview(
         {"event": event or {}, "data": data or {}},
     )
     return render.render(p, ctx)
+
+
+def delete_template(session: Session, *, project_id: int, template_id: int) -> None:
+    """Delete a template; the messages sent from it stay in the log, detached from it.
+
+    The messages are detached first, so a worker delivering one of them (it holds the
+    message's row) finishes before the template row is locked: no deadlock."""
+    t = templates.get_or_raise(session, project_id=project_id, template_id=template_id)
+    if not t.is_default:
+        session.execute(
+            update(Message)
+            .where(Message.project_id == project_id, Message.template_id == template_id)
+            .values(template_id=None)
+        )
+    templates.delete(session, project_id=project_id, template_id=template_id)

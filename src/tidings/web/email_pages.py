@@ -417,7 +417,7 @@ def template_delete(
         templates.get_or_raise(session, project_id=project_id, template_id=template_id)
     )
     try:
-        templates.delete(session, project_id=project_id, template_id=template_id)
+        messaging.delete_template(session, project_id=project_id, template_id=template_id)
     except Conflict as exc:
         return _confirm_delete(
             request,
