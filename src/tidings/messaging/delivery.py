@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -58,7 +59,7 @@ class Outgoing:
     html: str = ""
     text: str = ""
     header_id: str = ""
-    data: bytes = b""
+    envelope: providers.Envelope | None = None  # headers; the MIME body is built when sent
     from_email: str = ""
     outcome: record.Outcome | None = None
 
@@ -277,25 +278,21 @@ def _prepare(ctx: _Context, rows: list[tuple[Any, ...]], now: datetime) -> list[
         o.from_email = from_email
         o.header_id = f"<{mid}.{secrets.token_hex(8)}@{providers.domain_of(from_email)}>"
         marketing = not transactional
-        o.data = providers.build(
-            providers.Envelope(
-                from_name=from_name,
-                from_email=from_email,
-                to=o.to,
-                reply_to=s.reply_to,
-                subject=o.subject,
-                header_id=o.header_id,
-                unsubscribe_url=link.unsubscribe if marketing else None,
-                unsubscribe_mailto=(
-                    f"mailto:unsubscribe@{providers.domain_of(from_email)}"
-                    f"?subject=unsubscribe%20{links.token(s.link_secret, 'u', mid)}"
-                    if marketing
-                    else None
-                ),
-                message_id=mid,
+        o.envelope = providers.Envelope(
+            from_name=from_name,
+            from_email=from_email,
+            to=o.to,
+            reply_to=s.reply_to,
+            subject=o.subject,
+            header_id=o.header_id,
+            unsubscribe_url=link.unsubscribe if marketing else None,
+            unsubscribe_mailto=(
+                f"mailto:unsubscribe@{providers.domain_of(from_email)}"
+                f"?subject=unsubscribe%20{links.token(s.link_secret, 'u', mid)}"
+                if marketing
+                else None
             ),
-            html=o.html,
-            text=o.text,
+            message_id=mid,
         )
     return out
 
@@ -304,9 +301,10 @@ def o_outcome(o: Outgoing, status: str, reason: str | None) -> record.Outcome:
     return record.Outcome(o.id, o.project_id, o.customer_id, o.sender, status, reason)
 
 
-def _sent(o: Outgoing, provider: str) -> record.Outcome:
+def _sent(o: Outgoing, provider: str, *, content: bool = True) -> record.Outcome:
     out = o_outcome(o, "sent", None)
-    out.content = (o.subject, o.html, o.text, o.header_id)
+    if content:
+        out.content = (o.subject, o.html, o.text, o.header_id)
     out.provider = provider
     return out
 
@@ -341,16 +339,19 @@ def deliver_due(db: Database, *, limit: int | None = None) -> int:
     with db.session(write=True) as session:
         handled = recover(session)
         rows = _claim(session, limit, now, claim, lease)
-        if not rows:
-            return handled
+    if not rows:
+        return handled
+    # Rendering reads only: it runs after the claim is committed, so other workers can claim
+    # their own batches meanwhile (SQLite has one writer at a time).
+    with db.session() as session:
         batch = _prepare(_Context(session, db), rows, now)
-        if isinstance(provider, providers.Outbox):
+    if isinstance(provider, providers.Outbox):
+        with db.session(write=True) as session:
             record.apply(
-                session,
-                [o.outcome or _sent(o, provider.name) for o in batch],
+                session, [o.outcome or _sent(o, provider.name) for o in batch], claim=claim
             )
             _refresh_segments(session, batch)
-            return handled + len(batch)
+        return handled + len(batch)
     _deliver_smtp(db, provider, batch, claim, lease)
     return handled + len(batch)
 
@@ -372,78 +373,105 @@ def _deliver_smtp(
     pending: list[record.Outcome] = []
     renew_at = [clock.now() + lease / 2]
     postgres = db.engine.dialect.name == "postgresql"
-    mark = "%s" if postgres else "?"
+    handover_sql, renew_sql = (q.format(m="%s" if postgres else "?") for q in (HANDOVER, RENEW))
     dt = bulk_dt(postgres)
 
-    def commit(handing: Outgoing) -> Callable[[], None]:
-        def run() -> None:
-            # Outcomes ride along now and then; the hand-over is what must be committed
-            # before each body leaves (a crash before an outcome is recorded leaves the
-            # message handed over, which recovery records as sent).
-            if len(pending) >= RECORD_EVERY:
-                with db.session(write=True) as session:
-                    record.apply(session, pending, claim=claim)
-                pending.clear()
-            now = clock.now()
-            # What leaves is logged with the hand-over, so a crash before the outcome is
-            # recorded still leaves the Message-ID and content of what the server got. A bare
-            # Core transaction: this runs once per email.
-            with db.write_engine.begin() as conn:
-                held = conn.exec_driver_sql(
-                    HANDOVER.format(m=mark),
-                    (
-                        dt(now),
-                        handing.header_id,
-                        handing.subject,
-                        handing.html,
-                        handing.text,
-                        handing.id,
-                        claim,
-                    ),
-                ).first()
-                if now >= renew_at[0]:  # a slow batch keeps its lease
-                    conn.exec_driver_sql(
-                        RENEW.format(m=mark), [(dt(now + lease), o.id, claim) for o in batch]
-                    )
-                    renew_at[0] = now + lease / 2
-            if held is None:
-                raise LostClaim(f"message {handing.id} was taken over by another worker")
+    def flush() -> None:
+        with db.session(write=True) as session:
+            record.apply(session, pending, claim=claim)
+        pending.clear()
 
-        return run
+    # One connection for the batch's hand-overs, each its own short transaction on the bare
+    # driver connection: this runs once per email.
+    with db.write_engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        cur = raw.cursor()
 
-    for i, o in enumerate(batch):
-        if o.outcome is not None:
-            pending.append(o.outcome)
-            continue
-        try:
-            provider.deliver(sender=o.from_email, recipient=o.to, data=o.data, handover=commit(o))
-            pending.append(_sent(o, provider.name))
-        except LostClaim:
-            log.warning("delivery lease lost; leaving the message to its new worker")
-            continue
-        except providers.AmbiguousDelivery as exc:
-            out = _sent(o, provider.name)
-            out.reason = f"unconfirmed: {exc}"
-            pending.append(out)
-        except providers.DeliveryError as exc:
-            pending.append(_failure(o, exc, clock.now()))
-            if exc.transient and exc.code == 0:
-                # The server is unreachable: the rest of the batch waits too.
+        def transact(params: tuple[Any, ...], renew: list[tuple[Any, ...]]) -> bool:
+            try:
+                if not postgres:
+                    cur.execute("BEGIN IMMEDIATE")
+                cur.execute(handover_sql, params)
+                held = cur.fetchone() is not None
+                if renew:
+                    cur.executemany(renew_sql, renew)
+                if postgres:
+                    raw.commit()
+                else:
+                    cur.execute("COMMIT")
+            except BaseException:
+                raw.rollback()
+                raise
+            return held
+
+        def commit(handing: Outgoing) -> Callable[[], None]:
+            def run() -> None:
+                # Outcomes ride along now and then; the hand-over is what must be committed
+                # before each body leaves (a crash before an outcome is recorded leaves the
+                # message handed over, which recovery records as sent).
+                if len(pending) >= RECORD_EVERY:
+                    flush()
                 now = clock.now()
-                for rest in batch[i + 1 :]:
-                    pending.append(
-                        rest.outcome
-                        or record.Outcome(
-                            rest.id,
-                            rest.project_id,
-                            rest.customer_id,
-                            rest.sender,
-                            "deferred",
-                            f"retrying after: {exc.detail}",
-                            now + backoff(rest.attempts),
+                renew: list[tuple[Any, ...]] = []
+                if now >= renew_at[0]:  # a slow batch keeps its lease
+                    renew = [(dt(now + lease), o.id, claim) for o in batch]
+                    renew_at[0] = now + lease / 2
+                # What leaves is logged with the hand-over, so a crash before the outcome is
+                # recorded still leaves the Message-ID and content of what the server got.
+                params = (
+                    dt(now),
+                    handing.header_id,
+                    handing.subject,
+                    handing.html,
+                    handing.text,
+                    handing.id,
+                    claim,
+                )
+                if not transact(params, renew):
+                    raise LostClaim(f"message {handing.id} was taken over by another worker")
+
+            return run
+
+        for i, o in enumerate(batch):
+            if o.outcome is not None or o.envelope is None:
+                pending.append(o.outcome or o_outcome(o, "failed", "nothing to send"))
+                continue
+            try:
+                provider.deliver(
+                    sender=o.from_email,
+                    recipient=o.to,
+                    build=partial(providers.build, o.envelope, html=o.html, text=o.text),
+                    handover=commit(o),
+                )
+                # The content went with the hand-over: the outcome only sets the status.
+                pending.append(_sent(o, provider.name, content=False))
+            except LostClaim:
+                log.warning("delivery lease lost; leaving the message to its new worker")
+                continue
+            except providers.AmbiguousDelivery as exc:
+                out = _sent(o, provider.name, content=False)
+                out.reason = f"unconfirmed: {exc}"
+                pending.append(out)
+            except providers.DeliveryError as exc:
+                pending.append(_failure(o, exc, clock.now()))
+                if exc.transient and exc.code == 0:
+                    # The server is unreachable: the rest of the batch waits too.
+                    now = clock.now()
+                    for rest in batch[i + 1 :]:
+                        pending.append(
+                            rest.outcome
+                            or record.Outcome(
+                                rest.id,
+                                rest.project_id,
+                                rest.customer_id,
+                                rest.sender,
+                                "deferred",
+                                f"retrying after: {exc.detail}",
+                                now + backoff(rest.attempts),
+                            )
                         )
-                    )
-                break
+                    break
     with db.session(write=True) as session:
         record.apply(session, pending, claim=claim)
         _refresh_segments(session, batch)

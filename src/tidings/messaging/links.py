@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import re
+from functools import lru_cache
 from html import escape, unescape
 from urllib.parse import quote
 
@@ -21,9 +22,15 @@ PATH_OPEN = "/email/open/"
 PATH_CLICK = "/email/click/"
 
 
+@lru_cache(maxsize=256)
+def _keyed(secret: str) -> hmac.HMAC:
+    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
+
+
 def _sig(secret: str, purpose: str) -> str:
-    mac = hmac.new(secret.encode(), purpose.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac[:18]).decode()
+    mac = _keyed(secret).copy()  # the key schedule is done once per secret
+    mac.update(purpose.encode())
+    return base64.urlsafe_b64encode(mac.digest()[:18]).decode()
 
 
 def token(secret: str, kind: str, message_id: int) -> str:

@@ -39,10 +39,18 @@ class DeliveryError(Exception):
 
 
 class Provider(Protocol):
+    """Delivers one message: `build(eight_bit)` makes its bytes (8-bit parts allowed or not)
+    and `handover()` runs just before the body leaves."""
+
     name: str
 
     def deliver(
-        self, *, sender: str, recipient: str, data: bytes, handover: Callable[[], None]
+        self,
+        *,
+        sender: str,
+        recipient: str,
+        build: Callable[[bool], bytes],
+        handover: Callable[[], None],
     ) -> None: ...
 
     def close(self) -> None: ...
@@ -54,7 +62,12 @@ class Outbox:
     name = "outbox"
 
     def deliver(
-        self, *, sender: str, recipient: str, data: bytes, handover: Callable[[], None]
+        self,
+        *,
+        sender: str,
+        recipient: str,
+        build: Callable[[bool], bytes],
+        handover: Callable[[], None],
     ) -> None:
         return None
 
@@ -102,6 +115,7 @@ def parse_smtp_url(url: str) -> SmtpTarget:
 
 
 _DOT = re.compile(rb"(?m)^\.")
+_UNSAFE = re.compile(r"[\x00-\x20<>]")
 
 
 class Smtp:
@@ -158,15 +172,33 @@ class Smtp:
         raise DeliveryError(detail, transient=code < 500, code=code, recipient=recipient)
 
     def deliver(
-        self, *, sender: str, recipient: str, data: bytes, handover: Callable[[], None]
+        self,
+        *,
+        sender: str,
+        recipient: str,
+        build: Callable[[bool], bytes],
+        handover: Callable[[], None],
     ) -> None:
+        both = sender + recipient
+        if not (sender and recipient) or _UNSAFE.search(both) or not both.isascii():
+            raise DeliveryError(
+                f"not an address this server can take: {recipient!r} from {sender!r}",
+                transient=False,
+                recipient=True,
+            )
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
+        eight_bit = conn.has_extn("8bitmime")
+        data = build(eight_bit)
         try:
-            self._check(*conn.mail(sender), "MAIL FROM")
-            self._check(*conn.rcpt(recipient), "RCPT TO", recipient=True)
-            self._check(*conn.docmd("DATA"), "DATA")
+            # Written directly: smtplib's mail() and rcpt() parse each address again.
+            conn.putcmd("mail", f"FROM:<{sender}>" + (" BODY=8BITMIME" if eight_bit else ""))
+            self._check(*conn.getreply(), "MAIL FROM")
+            conn.putcmd("rcpt", f"TO:<{recipient}>")
+            self._check(*conn.getreply(), "RCPT TO", recipient=True)
+            conn.putcmd("data")
+            self._check(*conn.getreply(), "DATA")
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             self._drop()
             raise DeliveryError(f"SMTP connection lost: {exc}", transient=True) from exc
@@ -252,17 +284,27 @@ def _header_text(value: str) -> str:
     return Header(value, "utf-8").encode(linesep="\r\n")
 
 
-def _qp(body: str) -> bytes:
-    """A text body as UTF-8 quoted-printable with CRLF line endings."""
+def _part(body: str, eight_bit: bool) -> tuple[str, bytes]:
+    """(Content-Transfer-Encoding, encoded body with CRLF line endings) of a text part.
+
+    Lines of at most 998 octets go as they are: 7bit when ASCII, 8bit when the server takes
+    8BITMIME. Anything else is quoted-printable.
+    """
     raw = body.replace("\r\n", "\n").replace("\r", "\n").encode()
-    return binascii.b2a_qp(raw, istext=True).replace(b"\n", b"\r\n")
+    if b"\0" not in raw and max(map(len, raw.split(b"\n"))) <= 998:
+        if raw.isascii():
+            return "7bit", raw.replace(b"\n", b"\r\n")
+        if eight_bit:
+            return "8bit", raw.replace(b"\n", b"\r\n")
+    return "quoted-printable", binascii.b2a_qp(raw, istext=True).replace(b"\n", b"\r\n")
 
 
-def build(env: Envelope, *, html: str, text: str) -> bytes:
+def build(env: Envelope, eight_bit: bool = False, *, html: str, text: str) -> bytes:
     """The MIME message: text and HTML alternatives, RFC 8058 headers on marketing mail.
 
-    Written directly rather than through `email.message`, whose header objects cost more than
-    rendering the email: every value here is either ours or folded to one encoded line.
+    `eight_bit`: the server takes 8BITMIME. Written directly rather than through
+    `email.message`, whose header objects cost more than rendering the email: every value here
+    is either ours or folded to one encoded line.
     """
     boundary = f"=_tidings_{secrets.token_hex(12)}"
     sender = formataddr((env.from_name or "", env.from_email), charset="utf-8")
@@ -286,18 +328,16 @@ def build(env: Envelope, *, html: str, text: str) -> bytes:
         "MIME-Version: 1.0",
         f'Content-Type: multipart/alternative; boundary="{boundary}"',
     ]
-    part = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable'
-    return b"".join(
-        (
-            "\r\n".join(headers).encode(),
-            b"\r\n\r\n",
-            f"--{boundary}\r\n{part.format('plain')}\r\n\r\n".encode(),
-            _qp(text),
-            f"\r\n--{boundary}\r\n{part.format('html')}\r\n\r\n".encode(),
-            _qp(html),
-            f"\r\n--{boundary}--\r\n".encode(),
+    out = ["\r\n".join(headers).encode(), b"\r\n"]
+    for kind, body in (("plain", text), ("html", html)):
+        encoding, encoded = _part(body, eight_bit)
+        out.append(
+            f'\r\n--{boundary}\r\nContent-Type: text/{kind}; charset="utf-8"\r\n'
+            f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode()
         )
-    )
+        out.append(encoded)
+    out.append(f"\r\n--{boundary}--\r\n".encode())
+    return b"".join(out)
 
 
 def valid_address(value: str) -> bool:

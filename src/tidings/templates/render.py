@@ -174,7 +174,8 @@ _LI = re.compile(r"<li\b[^>]*>", re.I)
 _PARAGRAPH = re.compile(r"</?(?:p|h[1-6]|table|hr|blockquote|pre)\b[^>]*>", re.I)
 _LINE = re.compile(r"</?(?:div|tr|ul|ol|li|section|header|footer|article|center)\b[^>]*>", re.I)
 _TAG = re.compile(r"<[^>]*>")
-_SPACES = re.compile(r"[ \t\r\f\v]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+_LIST_GAP = re.compile(r"\n\n(?=- )")
 
 
 def _link(m: re.Match[str]) -> str:
@@ -196,6 +197,6 @@ def html_to_text(html: str) -> str:
     text = _PARAGRAPH.sub("\n\n", text)
     text = _LINE.sub("\n", text)
     text = unescape(_TAG.sub("", text))
-    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
-    out = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-    return re.sub(r"\n\n(?=- )", "\n", out)
+    lines = [" ".join(line.split()) for line in text.split("\n")]  # any run of spaces: one
+    out = _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+    return _LIST_GAP.sub("\n", out)
