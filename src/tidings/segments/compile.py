@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Result, text
 from sqlalchemy.orm import Session
 
 from tidings.db.bulk import Bulk
@@ -38,6 +38,7 @@ from tidings.segments.rules import (
     TagCond,
     TraitCond,
     ValueTest,
+    bucket,
     parse_instant,
     walk,
 )
@@ -54,6 +55,7 @@ class Sql:
     project_id: int
     now: datetime
     params: dict[str, Any] = field(default_factory=dict)
+    uses_bucket: bool = False  # SQLite: the statement calls tidings_bucket (see `run`)
 
     def bind(self, value: Any) -> str:
         name = f"p{len(self.params)}"
@@ -250,17 +252,17 @@ def predicate(q: Sql, node: Node) -> str:
         inner = predicate(q, node.rules)
         return inner if node.inside else f"(NOT {inner})"
     if isinstance(node, RandomCond):
-        # rules.bucket, step by step.
+        if not q.postgres:
+            # rules.bucket itself, registered on the connection by `run`: SQLite has no xor
+            # operator, and the expression spelled out repeats each step four times.
+            q.uses_bucket = True
+            return f"tidings_bucket(c.id, {q.bind(node.seed)}) < {q.bind(node.threshold)}"
+        # rules.bucket, step by step (# is xor).
         h = f"((c.id * 2654435761 + {q.bind(node.seed)}) % 4294967296)"
-        h = f"({_xorshift(h)} * 73244475 % 4294967296)"
-        h = f"({_xorshift(h)} * 73244475 % 4294967296)"
-        return f"({_xorshift(h)} * 10000 / 4294967296) < {q.bind(node.threshold)}"
+        h = f"(({h} # ({h} >> 16)) * 73244475 % 4294967296)"
+        h = f"(({h} # ({h} >> 16)) * 73244475 % 4294967296)"
+        return f"(({h} # ({h} >> 16)) * 10000 / 4294967296) < {q.bind(node.threshold)}"
     raise TypeError(f"unknown condition {node!r}")
-
-
-def _xorshift(h: str) -> str:
-    """h ^ (h >> 16) for 0 <= h < 2**32, in SQL both databases share."""
-    return f"(({h} | ({h} >> 16)) - ({h} & ({h} >> 16)))"
 
 
 def _groups(q: Sql, test: str) -> str:
@@ -367,13 +369,22 @@ def builder(session: Session, project_id: int, now: datetime) -> Sql:
     return Sql(session.get_bind().dialect.name == "postgresql", project_id, now)
 
 
+def run(session: Session, q: Sql, sql: str) -> Result[Any]:
+    """Execute a statement built with `q`, with the SQL functions it needs."""
+    if q.uses_bucket:
+        raw = session.connection().connection.dbapi_connection
+        assert raw is not None
+        raw.create_function("tidings_bucket", 2, bucket, deterministic=True)
+    return session.execute(text(sql), q.params)
+
+
 def member_ids(session: Session, *, project_id: int, rules: Node, now: datetime) -> set[int]:
     """Every customer of the project the rules select."""
     q = builder(session, project_id, now)
     where = predicate(q, rules)
     sql = f"SELECT c.id FROM customers c WHERE c.project_id = {q.bind(project_id)} AND {where}"
     prepare(session)
-    return set(session.execute(text(sql), q.params).scalars())
+    return set(run(session, q, sql).scalars())
 
 
 def count_and_sample(
@@ -383,14 +394,12 @@ def count_and_sample(
     q = builder(session, project_id, now)
     where = f"c.project_id = {q.bind(project_id)} AND {predicate(q, rules)}"
     prepare(session)
-    count = session.execute(text(f"SELECT count(*) FROM customers c WHERE {where}"), q.params)
-    total = int(count.scalar_one())
-    ids = session.execute(
-        text(
-            f"SELECT c.id FROM customers c WHERE {where} "
-            f"ORDER BY c.last_seen DESC, c.id DESC LIMIT {int(sample)}"
-        ),
-        q.params,
+    total = int(run(session, q, f"SELECT count(*) FROM customers c WHERE {where}").scalar_one())
+    ids = run(
+        session,
+        q,
+        f"SELECT c.id FROM customers c WHERE {where} "
+        f"ORDER BY c.last_seen DESC, c.id DESC LIMIT {int(sample)}",
     ).scalars()
     return total, list(ids)
 
