@@ -22,6 +22,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from tidings import clock
@@ -269,6 +270,10 @@ def send_many(
     two senders race with the same key (the loser finds the winner's message).
     """
     _check_request(session, project_id, request)
+    if Bulk(session).postgres:
+        # The lookups below repeat with new id lists: a plan cached while the messages table
+        # was small (a sequential scan) would stay long after a broadcast has filled it.
+        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     try:
         with session.begin_nested():
             return _send_many(session, project_id, request, recipients)
