@@ -695,6 +695,31 @@ def test_relative_dates_are_windows_ending_now() -> None:
     assert not holds(ago7, "soon")
 
 
+def test_date_boundaries_are_the_instants_a_relative_test_flips() -> None:
+    def flips(test: dict[str, Any], value: str) -> list[datetime]:
+        cond = parse({"trait": "renews_at", **test})
+        assert isinstance(cond, rules.TraitCond)
+        return evaluate.date_boundaries(cond.test, value, NOW)
+
+    last7 = {"op": "within_last_days", "value": 7}
+    at = NOW + DAY
+    # Enters when now reaches the value, leaves 7 days after it.
+    assert flips(last7, iso(at)) == [at, at + 7 * DAY + MS]
+    ago7 = {"op": "more_than_days_ago", "value": 7}
+    assert flips(ago7, iso(at)) == [at + 7 * DAY + MS]
+    # A date-only value flips when the canonical text of now passes it.
+    day = datetime(2024, 6, 20, tzinfo=UTC)
+    assert flips(last7, "2024-06-20") == [day, day + 7 * DAY]  # "2024-06-20T00:…" > "2024-06-20"
+    for test, value in ((last7, iso(at)), (ago7, iso(at)), (last7, "2024-06-20")):
+        for instant in flips(test, value):  # the answer changes exactly there
+            assert holds(test, value, instant - MS) != holds(test, value, instant)
+    # The last instant there is: nothing comes after it, and nothing breaks.
+    assert flips({"op": "more_than_days_ago", "value": 7}, "9999-12-31T23:59:59.999Z") == []
+    assert flips({"op": "within_next_days", "value": 7}, "9999-12-31T23:59:59.999Z") == [
+        datetime(9999, 12, 24, 23, 59, 59, 999000, tzinfo=UTC)
+    ]
+
+
 def test_instants_for_the_last_charge() -> None:
     def charged(test: dict[str, Any], at: datetime | None) -> bool:
         cond = parse({"revenue": "last_charge", **test})

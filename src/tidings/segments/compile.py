@@ -172,7 +172,9 @@ def _prefix(q: Sql, val: str, prefix: str) -> str:
 def _date_text(q: Sql, typ: str, val: str) -> str:
     if q.postgres:
         return f"{typ} = 'string' AND {val} ~ {_PG_DATE}"
-    return f"{typ} = 'text' AND {val} GLOB {_SQLITE_DATE}"
+    # No json_type test: a JSON number, boolean, array or object never matches the pattern
+    # (each JSON function call parses the whole document again).
+    return f"{val} GLOB {_SQLITE_DATE}"
 
 
 def _cmp_text(q: Sql, val: str, sym: str, value: str) -> str:
@@ -198,6 +200,8 @@ def date_text_sql(q: Sql, test: ValueTest, typ: str, val: str) -> str:
         lo, hi = iso(now), iso(now + days)
     else:  # more_than_days_ago
         return f"{base} AND {_cmp_text(q, val, '<', iso(now - days))}"
+    if not q.postgres:  # BETWEEN evaluates the value once
+        return f"{base} AND {val} BETWEEN {q.bind(lo)} AND {q.bind(hi)}"
     return f"{base} AND {_cmp_text(q, val, '>=', lo)} AND {_cmp_text(q, val, '<=', hi)}"
 
 

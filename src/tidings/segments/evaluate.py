@@ -14,6 +14,7 @@ databases (a property-based test checks it). Notes that both sides follow:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -149,6 +150,8 @@ def iso(dt: datetime) -> str:
 _FIRST = datetime(1900, 1, 1, tzinfo=UTC)
 _LAST = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+# What `iso` writes (years from 1000: strftime writes earlier years without padding).
+_STORED = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 
 
 @lru_cache(maxsize=65536)
@@ -159,14 +162,16 @@ def first_instant(v: str, *, strict: bool) -> datetime | None:
     moment a comparison with "now" turns is found by bisection, whatever shape `v` has.
     """
 
-    if len(v) == 24 and v.endswith("Z"):
+    if _STORED.fullmatch(v):
         # The stored format (every `_at` trait): the instant itself, or the next millisecond.
         try:
             t = datetime.fromisoformat(v[:-1]).replace(tzinfo=UTC)
         except ValueError:
             t = None
-        if t is not None and iso(t) == v:
-            return t + _MS if strict else t
+        if t is not None:
+            if not strict:
+                return t
+            return t + _MS if t < _LAST else None  # nothing comes after the last instant
 
     def past(t: datetime) -> bool:
         text = iso(t)
