@@ -164,7 +164,7 @@ class _Context:
         return self.templates[template_id]
 
 
-def _customer_docs(session: Session, ids: list[int]) -> dict[int, dict[str, Any]]:
+def customer_docs(session: Session, ids: list[int]) -> dict[int, dict[str, Any]]:
     bulk = Bulk(session)
     out: dict[int, dict[str, Any]] = {}
     for part in chunks(sorted(set(ids))):
@@ -225,7 +225,7 @@ def sender_of(settings_from: str, s: EmailSettings) -> tuple[str | None, str]:
 def _prepare(ctx: _Context, rows: list[tuple[Any, ...]], now: datetime) -> list[Outgoing]:
     session, settings = ctx.session, ctx.db.settings
     bulk = Bulk(session)
-    docs = _customer_docs(session, [r[2] for r in rows if r[2] is not None])
+    docs = customer_docs(session, [r[2] for r in rows if r[2] is not None])
     out: list[Outgoing] = []
     by_topic: dict[tuple[int, str], list[int]] = {}
     for r in rows:
@@ -233,7 +233,7 @@ def _prepare(ctx: _Context, rows: list[tuple[Any, ...]], now: datetime) -> list[
             by_topic.setdefault((r[1], r[4] or ""), []).append(r[2])
     opted: dict[tuple[int, int], str] = {}
     for (pid, topic), cids in by_topic.items():
-        for cid, why in gateway._opted_out(bulk, pid, cids, topic).items():
+        for cid, why in gateway.opted_out(bulk, pid, cids, topic).items():
             opted[(pid, cid)] = why
     blocked: dict[int, dict[str, str]] = {}
     for pid in {r[1] for r in rows}:

@@ -114,7 +114,7 @@ def _customers(bulk: Bulk, project_id: int, ids: list[int]) -> dict[int, tuple[s
     return out
 
 
-def _opted_out(bulk: Bulk, project_id: int, ids: list[int], topic: str) -> dict[int, str]:
+def opted_out(bulk: Bulk, project_id: int, ids: list[int], topic: str) -> dict[int, str]:
     out: dict[int, str] = {}
     for part in chunks(ids):
         for cid, key in bulk.select_in(
@@ -298,7 +298,7 @@ def _send_many(
         raise BadRequest(
             f"customer_id: no customer {missing[0]} in this project.", code="customer_not_found"
         )
-    opted = {} if request.transactional else _opted_out(bulk, project_id, ids, request.topic or "")
+    opted = {} if request.transactional else opted_out(bulk, project_id, ids, request.topic or "")
     addresses = {c: (request.to or (people.get(c) or (None, None))[0]) for c in ids}
     blocked = suppressed(bulk, project_id, [a.lower() for a in addresses.values() if a])
     recent: dict[int, list[datetime]] = {}

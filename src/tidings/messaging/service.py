@@ -655,7 +655,7 @@ def preview(
     s = email_settings.get(session, project_id=project_id)
     if customer_id is not None:
         customers.get_or_raise(session, project_id=project_id, customer_id=customer_id)
-        doc = delivery._customer_docs(session, [customer_id]).get(customer_id)
+        doc = delivery.customer_docs(session, [customer_id]).get(customer_id)
     else:
         doc = dict(templates.SAMPLE_CONTEXT["customer"])
     link = links.Links(db.settings.base_url(), "preview", 0)
