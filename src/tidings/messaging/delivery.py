@@ -1,10 +1,11 @@
 """Delivery: claim due messages, render them, hand them to the provider, record what happened.
 
-With the outbox the whole batch is one transaction. With SMTP each message's hand-over is
-committed just before its body is transmitted, together with the outcome of the previous one,
-so a worker killed at any point neither loses a message nor sends one twice: a claimed message
-that was never handed over goes back to the queue, one that was is recorded as sent
-(unconfirmed) and never sent again.
+A batch is claimed under a lease in one short transaction and rendered after it commits. With
+the outbox its outcomes are then written in one transaction. With SMTP each message's hand-over
+is committed just before its body is transmitted (outcomes are written every few messages), so
+a worker killed at any point neither loses a message nor sends one twice: a claimed message
+that was never handed over goes back to the queue once the lease runs out, one that was is
+recorded as sent (unconfirmed) and never sent again.
 """
 
 from __future__ import annotations
