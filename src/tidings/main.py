@@ -30,7 +30,7 @@ from tidings.api import (
 from tidings.api import (
     templates as template_api,
 )
-from tidings.api.tracking import TrackingAPI
+from tidings.api.tracking import Handler, TrackingAPI
 from tidings.config import Settings, get_settings
 from tidings.db import Database
 from tidings.db.migrate import require_current
@@ -48,16 +48,25 @@ log = logging.getLogger(__name__)
 
 class Tidings:
     """The ASGI entry point: `/v1/*` goes straight to the lean tracking app (the hot path skips
-    the management API's middleware and route table); everything else to the FastAPI app."""
+    the management API's middleware and route table); everything else to the FastAPI app.
 
-    def __init__(self, api: FastAPI, tracking: Starlette) -> None:
+    A POST to a tracking route from a server-side library (no `Origin`, so no CORS headers to
+    add) goes to its handler directly, without even the tracking app's routing and middleware.
+    """
+
+    def __init__(self, api: FastAPI, tracking: Starlette, fast: dict[str, Handler]) -> None:
         self.api = api
         self.tracking = tracking
+        self.fast = fast
         self.state = api.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            await self.tracking(scope, receive, send)
+            handler = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
+            if handler is not None and not any(name == b"origin" for name, _ in scope["headers"]):
+                await handler(scope, receive, send)
+            else:
+                await self.tracking(scope, receive, send)
         else:
             await self.api(scope, receive, send)
 
@@ -124,7 +133,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Tidi
         middleware=[cors],
         exception_handlers={StarletteHTTPException: _http_error},
     )
-    return Tidings(app, tracking_app)
+    return Tidings(app, tracking_app, tracking.fast_path())
 
 
 def _error_handlers(app: FastAPI) -> None:

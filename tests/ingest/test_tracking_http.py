@@ -521,6 +521,40 @@ def test_cors_headers_on_the_actual_request(tenant: Tenant) -> None:
     assert tenant.customer(user_id=uid)["user_id"] == uid
 
 
+@pytest.mark.parametrize("origin", [None, ORIGIN])
+@pytest.mark.parametrize(
+    ("path", "body", "basic", "status", "code"),
+    [
+        ("/v1/track", b"{not json", True, 400, "invalid_json"),
+        ("/v1/t", b"[1, 2]", True, 400, None),
+        ("/v1/batch", {"batch": {}}, True, 400, None),
+        ("/v1/track", {"userId": "u", "event": "E"}, False, 401, "missing_write_key"),
+        ("/v1/b", {"batch": [], "writeKey": "wk_unknown"}, False, 401, "invalid_write_key"),
+        ("/v1/t", {"userId": "u", "event": "E", "p": "x" * 33_000}, True, 400, "payload_too_large"),
+        ("/v1/nonsense", {"userId": "u"}, True, 400, "unknown_type"),
+    ],
+)
+def test_errors_are_the_same_from_servers_and_browsers(
+    tenant: Tenant, origin: str | None, path: str, body: Any, basic: bool, status: int, code: str
+) -> None:
+    """Requests without Origin take the direct route to the handlers, browser requests the CORS
+    one: both answer the same, and only the browser gets CORS headers."""
+    headers = {"Origin": origin} if origin else {}
+    r = post(tenant, path, body, headers=headers, basic=basic)
+    assert_error(r, status, code)
+    assert ("access-control-allow-origin" in r.headers) == bool(origin)
+
+
+@pytest.mark.parametrize("origin", [None, ORIGIN])
+def test_unknown_tracking_routes_and_methods(tenant: Tenant, origin: str | None) -> None:
+    headers = {"Origin": origin} if origin else {}
+    assert_error(post(tenant, "/v1/track/extra", {"userId": "u"}, headers=headers), 404)
+    r = tenant.http.get("/v1/track", headers=headers)
+    assert_error(r, 405)
+    r = tenant.http.put("/v1/batch", content=b"{}", headers=headers)
+    assert_error(r, 405)
+
+
 # -- gzip -----------------------------------------------------------------------------------------
 
 

@@ -1,8 +1,12 @@
 """The Segment HTTP Tracking API (`/v1/*`), kept lean: it is the hot path.
 
-Plain Starlette routes (no per-request pydantic model): read the body under its limit, undo
-gzip, parse once with orjson, find the project by write key, check the envelope, and answer
-`200 {"success": true}` only after the body is committed to the inbox.
+Plain ASGI handlers (no request object, no per-request pydantic model): read the body under its
+limit, undo gzip, parse once with orjson, find the project by write key, check the envelope, and
+answer `200 {"success": true}` only after the body is committed to the inbox.
+
+`TrackingAPI.routes()` mounts them in a small Starlette app (CORS, 404/405, error pages);
+`TrackingAPI.fast_path()` maps the POST routes' exact paths to the same handlers, which the
+application calls directly for requests that need none of that (no `Origin` header).
 """
 
 from __future__ import annotations
@@ -10,13 +14,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from tidings import clock
 from tidings.auth import service as projects
@@ -37,6 +44,7 @@ from tidings.ingest.wire import (
 )
 
 SUCCESS = b'{"success":true}'
+_JSON = (b"content-type", b"application/json")
 _KEY_TTL = 5.0
 
 
@@ -72,32 +80,98 @@ class KeyCache:
         return hit[0], hit[1]
 
 
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _Gone(Exception):
+    """The client disconnected before its body arrived; there is nobody to answer."""
+
+
+class Incoming:
+    """What the handlers read from an ASGI request: headers, the peer, the body."""
+
+    __slots__ = ("headers", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        self.headers = headers
+
+    async def body(self, limit: int) -> bytes:
+        """The raw body, refusing one larger than `limit` bytes before reading it all."""
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit // 1024} KB.")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise _Gone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit // 1024} KB.")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def payload(self, limit: int) -> tuple[bytes, Any]:
+        raw = await self.body(limit)
+        data = decode_body(raw, encoding=self.headers.get("content-encoding"), limit=limit)
+        return data, parse_json(data)
+
+    def client_ip(self) -> str | None:
+        forwarded = self.headers.get("x-forwarded-for")
+        if forwarded:
+            return forwarded.split(",")[0].strip()[:64]
+        client = self.scope.get("client")
+        return str(client[0]) if client else None
+
+    def query(self, name: str) -> str | None:
+        """The first value of a query-string parameter."""
+        raw: bytes = self.scope.get("query_string", b"")
+        for key, value in parse_qsl(raw.decode("latin-1")):
+            if key == name:
+                return str(value)
+        return None
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_JSON, (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def error_response(exc: AppError) -> Response:
     return Response(
         orjson.dumps(exc.as_dict()), status_code=exc.http_status, media_type="application/json"
     )
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The raw body, refusing one larger than `limit` bytes before reading it all."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"The request body is larger than {limit // 1024} KB.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is larger than {limit // 1024} KB.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+class _Endpoint:
+    """An ASGI app around one handler: answers 200 success, or the AppError it raised."""
 
+    def __init__(self, handle: Callable[[Incoming], Awaitable[None]]) -> None:
+        self.handle = handle
 
-def _client_ip(request: Request) -> str | None:
-    forwarded = request.headers.get("x-forwarded-for")
-    if forwarded:
-        return forwarded.split(",")[0].strip()[:64]
-    return request.client.host if request.client else None
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.handle(Incoming(scope, receive))
+        except AppError as exc:
+            await _answer(send, exc.http_status, orjson.dumps(exc.as_dict()))
+        except _Gone:
+            return
+        else:
+            await _answer(send, 200, SUCCESS)
 
 
 class TrackingAPI:
@@ -107,47 +181,34 @@ class TrackingAPI:
         self.db = db
         self.writer = writer
         self.keys = KeyCache(db)
+        self.message_app = _Endpoint(self.message)
+        self.batch_app = _Endpoint(self.batch)
+        self.webhook_app = _Endpoint(self.webhook)
 
-    async def _payload(self, request: Request, limit: int) -> tuple[bytes, Any]:
-        raw = await read_limited(request, limit)
-        data = decode_body(raw, encoding=request.headers.get("content-encoding"), limit=limit)
-        return data, parse_json(data)
-
-    async def message(self, request: Request) -> Response:
+    async def message(self, request: Incoming) -> None:
         """POST /v1/{type} and the browser short routes: one message."""
-        kind = request.path_params["kind"]
+        kind = request.scope["path"].rsplit("/", 1)[-1]
         kind = SHORT_TYPES.get(kind, kind)
-        try:
-            if kind == "b":
-                return await self._batch(request)
-            if kind not in TYPES:
-                raise BadRequest(f"Unknown message type {kind!r}.", code="unknown_type")
-            data, payload = await self._payload(request, MAX_MESSAGE_BYTES)
-            if not isinstance(payload, dict):
-                raise BadRequest("A message must be a JSON object.")
-            key = _write_key(request, payload)
-            project_id, _ = await self.keys.lookup(key)
-            await self.writer.write(
-                project_id=project_id,
-                kind=kind,
-                body=data,
-                received_at=clock.now(),
-                ip=_client_ip(request),
-                messages=1,
-            )
-        except AppError as exc:
-            return error_response(exc)
-        return Response(SUCCESS, media_type="application/json")
+        if kind == "b":
+            return await self.batch(request)
+        if kind not in TYPES:
+            raise BadRequest(f"Unknown message type {kind!r}.", code="unknown_type")
+        data, payload = await request.payload(MAX_MESSAGE_BYTES)
+        if not isinstance(payload, dict):
+            raise BadRequest("A message must be a JSON object.")
+        project_id, _ = await self.keys.lookup(_write_key(request, payload))
+        await self.writer.write(
+            project_id=project_id,
+            kind=kind,
+            body=data,
+            received_at=clock.now(),
+            ip=request.client_ip(),
+            messages=1,
+        )
 
-    async def batch(self, request: Request) -> Response:
+    async def batch(self, request: Incoming) -> None:
         """POST /v1/batch, /v1/import and /v1/b."""
-        try:
-            return await self._batch(request)
-        except AppError as exc:
-            return error_response(exc)
-
-    async def _batch(self, request: Request) -> Response:
-        data, payload = await self._payload(request, MAX_BATCH_BYTES)
+        data, payload = await request.payload(MAX_BATCH_BYTES)
         items = check_batch(payload, len(data))
         project_id, _ = await self.keys.lookup(_write_key(request, payload))
         await self.writer.write(
@@ -155,34 +216,26 @@ class TrackingAPI:
             kind="batch",
             body=data,
             received_at=clock.now(),
-            ip=_client_ip(request),
+            ip=request.client_ip(),
             messages=len(items),
         )
-        return Response(SUCCESS, media_type="application/json")
 
-    async def webhook(self, request: Request) -> Response:
+    async def webhook(self, request: Incoming) -> None:
         """POST /v1/webhook/segment: Segment's webhook destination (one message or an array)."""
-        try:
-            data, payload = await self._payload(request, MAX_BATCH_BYTES)
-            items = check_webhook(payload)
-            key = (
-                basic_auth_user(request.headers.get("authorization"))
-                or (request.query_params.get("key"))
-                or bearer_token(request.headers.get("authorization"))
-            )
-            project_id, secret = await self.keys.lookup(key)
-            _check_signature(request, data, payload, secret)
-            await self.writer.write(
-                project_id=project_id,
-                kind="webhook",
-                body=data,
-                received_at=clock.now(),
-                ip=None,
-                messages=len(items),
-            )
-        except AppError as exc:
-            return error_response(exc)
-        return Response(SUCCESS, media_type="application/json")
+        data, payload = await request.payload(MAX_BATCH_BYTES)
+        items = check_webhook(payload)
+        header = request.headers.get("authorization")
+        key = basic_auth_user(header) or request.query("key") or bearer_token(header)
+        project_id, secret = await self.keys.lookup(key)
+        _check_signature(request, data, payload, secret)
+        await self.writer.write(
+            project_id=project_id,
+            kind="webhook",
+            body=data,
+            received_at=clock.now(),
+            ip=None,
+            messages=len(items),
+        )
 
     async def settings(self, request: Request) -> Response:
         """GET /v1/projects/{writeKey}/settings, fetched first by analytics.js."""
@@ -206,15 +259,26 @@ class TrackingAPI:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/batch", self.batch, methods=["POST"]),
-            Route("/v1/import", self.batch, methods=["POST"]),
-            Route("/v1/webhook/segment", self.webhook, methods=["POST"]),
+            Route("/v1/batch", self.batch_app, methods=["POST"]),
+            Route("/v1/import", self.batch_app, methods=["POST"]),
+            Route("/v1/webhook/segment", self.webhook_app, methods=["POST"]),
             Route("/v1/projects/{write_key}/settings", self.settings, methods=["GET"]),
-            Route("/v1/{kind}", self.message, methods=["POST"]),
+            Route("/v1/{kind}", self.message_app, methods=["POST"]),
         ]
 
+    def fast_path(self) -> dict[str, Handler]:
+        """Exact POST paths and their handlers, for requests that need no CORS headers."""
+        paths: dict[str, Handler] = {
+            "/v1/batch": self.batch_app,
+            "/v1/import": self.batch_app,
+            "/v1/webhook/segment": self.webhook_app,
+        }
+        for kind in (*TYPES, *SHORT_TYPES, "b"):
+            paths.setdefault(f"/v1/{kind}", self.message_app)
+        return paths
 
-def _write_key(request: Request, payload: Any) -> str | None:
+
+def _write_key(request: Incoming, payload: Any) -> str | None:
     """Basic auth (with or without the colon), else body writeKey, else a Bearer token."""
     header = request.headers.get("authorization")
     key = basic_auth_user(header)
@@ -225,7 +289,7 @@ def _write_key(request: Request, payload: Any) -> str | None:
     return bearer_token(header)
 
 
-def _check_signature(request: Request, data: bytes, payload: Any, secret: str) -> None:
+def _check_signature(request: Incoming, data: bytes, payload: Any, secret: str) -> None:
     """Verify X-Signature (HMAC-SHA1 of the message, or of the first one of an array) or
     X-Segment-Signature (HMAC of the whole body) when Segment sends one."""
     given_new = request.headers.get("x-segment-signature")

@@ -2,7 +2,9 @@
 
 Requests hand their body to one writer thread; it commits everything that queued up meanwhile in
 a single transaction and only then wakes the requests, so a `200` always means committed, while
-concurrent requests share one fsync.
+concurrent requests share one fsync. The thread keeps one driver connection and writes with plain
+DBAPI calls: at thousands of small commits a second, the engine's per-transaction bookkeeping
+would cost more than the insert itself.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import logging
 import queue
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, select
 
 from tidings.db import Database, table_of
 from tidings.ingest.models import InboxBase, InboxItem
@@ -53,6 +57,17 @@ class InboxWriter:
         self.queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self.received_messages = 0
         self.received_requests = 0
+        table = table_of(InboxItem)
+        names = ("project_id", "kind", "body", "received_at", "ip", "token")
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        columns, marks = ", ".join(names), ", ".join([mark] * len(names))
+        self._sql = f"INSERT INTO {table.name} ({columns}) VALUES ({marks})"  # noqa: S608
+        # The column type's own conversion (naive UTC, as text on SQLite), so rows read back
+        # through the table exactly as the ORM would have written them.
+        convert = table.c.received_at.type.bind_processor(engine.dialect)
+        self._stamp: Callable[[datetime], Any] = convert or (lambda value: value)
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._raw: Any = None
         self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
         self._thread.start()
 
@@ -77,7 +92,13 @@ class InboxWriter:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        stmt = insert(table_of(InboxItem))
+        try:
+            self._loop()
+        finally:
+            if self._raw is not None:
+                self._raw.close()
+
+    def _loop(self) -> None:
         while True:
             first = self.queue.get()
             if first is None:
@@ -92,29 +113,55 @@ class InboxWriter:
                     self.queue.put(None)
                     break
                 group.append(item)
-            rows = [
-                {
-                    "project_id": p.project_id,
-                    "kind": p.kind,
-                    "body": p.body,
-                    "received_at": p.received_at,
-                    "ip": p.ip,
-                    "token": uuid.uuid4().hex,
-                }
-                for p in group
-            ]
             error: BaseException | None = None
             try:
-                with self.engine.begin() as conn:
-                    conn.execute(stmt, rows)
+                self._commit(group)
             except Exception as exc:
                 log.exception("inbox write failed", extra={"requests": len(group)})
                 error = exc
+                self._drop_connection()
             if error is None:
                 self.received_requests += len(group)
                 self.received_messages += sum(p.messages for p in group)
             for p in group:
                 p.loop.call_soon_threadsafe(_resolve, p.future, error)
+
+    def _commit(self, group: list[Pending]) -> None:
+        """Insert the group's rows in one transaction on the held connection."""
+        if self._raw is None:
+            self._raw = self.engine.raw_connection()
+        driver: Any = self._raw.driver_connection
+        stamp = self._stamp
+        rows = [
+            (p.project_id, p.kind, p.body, stamp(p.received_at), p.ip, uuid.uuid4().hex)
+            for p in group
+        ]
+        if self._sqlite:
+            # The engine's connections run in autocommit mode; the writer takes the lock first.
+            driver.execute("BEGIN IMMEDIATE")
+            try:
+                driver.executemany(self._sql, rows)
+                driver.execute("COMMIT")
+            except BaseException:
+                driver.execute("ROLLBACK")
+                raise
+        else:
+            try:
+                with driver.cursor() as cur:
+                    cur.executemany(self._sql, rows)
+                driver.commit()
+            except BaseException:
+                driver.rollback()
+                raise
+
+    def _drop_connection(self) -> None:
+        """Discard the connection after a failure; the next group opens a fresh one."""
+        if self._raw is not None:
+            raw, self._raw = self._raw, None
+            try:
+                raw.invalidate()
+            except Exception:  # pragma: no cover - the connection is gone either way
+                log.debug("closing the inbox connection failed", exc_info=True)
 
 
 def ensure_inbox_schema(db: Database) -> None:

@@ -1,0 +1,87 @@
+"""The inbox writer: rows read back through the table exactly as written, and a failed group
+commit fails only its own requests (the next one gets a fresh connection)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from tests.cli_support import scratch_database
+from tidings.config import Settings
+from tidings.db import Database, table_of
+from tidings.ingest.inbox import InboxWriter, ensure_inbox_schema
+from tidings.ingest.models import InboxBase, InboxItem
+
+
+@pytest.fixture
+def db(backend: str, tmp_path: Path) -> Iterator[Database]:
+    with scratch_database(backend, tmp_path) as url:
+        database = Database(Settings(database_url=url))
+        ensure_inbox_schema(database)
+        yield database
+        database.dispose()
+
+
+async def _write(writer: InboxWriter, n: int, at: datetime) -> list[BaseException | None]:
+    async def one(i: int) -> None:
+        await writer.write(
+            project_id=7,
+            kind="track",
+            body=b'{"n":%d}' % i,
+            received_at=at,
+            ip="10.0.0.1",
+            messages=1,
+        )
+
+    return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+
+
+def _rows(db: Database) -> list[tuple[int, str, bytes, datetime, str | None, str]]:
+    table = table_of(InboxItem)
+    with db.inbox_engine.connect() as conn:
+        stmt = select(
+            table.c.project_id,
+            table.c.kind,
+            table.c.body,
+            table.c.received_at,
+            table.c.ip,
+            table.c.token,
+        ).order_by(table.c.id)
+        return [tuple(row) for row in conn.execute(stmt)]  # type: ignore[misc]
+
+
+def test_rows_read_back_as_written(db: Database) -> None:
+    at = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+    writer = InboxWriter(db.inbox_write_engine)
+    try:
+        assert asyncio.run(_write(writer, 20, at)) == [None] * 20
+    finally:
+        writer.close()
+    rows = _rows(db)
+    assert sorted(r[2] for r in rows) == sorted(b'{"n":%d}' % i for i in range(20))
+    assert {(r[0], r[1], r[3], r[4]) for r in rows} == {(7, "track", at, "10.0.0.1")}
+    assert len({r[5] for r in rows}) == 20
+    assert all(len(r[5]) == 32 for r in rows)
+    assert (writer.received_requests, writer.received_messages) == (20, 20)
+
+
+def test_a_failed_commit_fails_its_requests_and_the_writer_recovers(db: Database) -> None:
+    at = datetime.now(UTC)
+    writer = InboxWriter(db.inbox_write_engine)
+    try:
+        assert asyncio.run(_write(writer, 3, at)) == [None] * 3
+        InboxBase.metadata.drop_all(db.inbox_engine)
+        failed = asyncio.run(_write(writer, 4, at))
+        assert len(failed) == 4
+        assert all(isinstance(e, Exception) for e in failed)
+        InboxBase.metadata.create_all(db.inbox_engine)
+        assert asyncio.run(_write(writer, 5, at)) == [None] * 5
+    finally:
+        writer.close()
+    assert len(_rows(db)) == 5
+    assert (writer.received_requests, writer.received_messages) == (8, 8)
