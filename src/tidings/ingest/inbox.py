@@ -51,7 +51,7 @@ def _resolve(fut: asyncio.Future[None], exc: BaseException | None) -> None:
 
 
 class InboxWriter:
-    """Group-committing writer of inbox rows (one per process)."""
+    """Group-committing writer of inbox rows (one thread per process)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -70,7 +70,6 @@ class InboxWriter:
         convert = stamp_type.bind_processor(engine.dialect)
         self._stamp: Callable[[datetime], Any] = convert or (lambda value: value)
         self._sqlite = engine.dialect.name == "sqlite"
-        self._raw: Any = None
         self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
         self._thread.start()
 
@@ -95,49 +94,59 @@ class InboxWriter:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        """Take what is queued, commit it, wake its requests; repeat."""
+        raw: Any = None
         try:
-            self._loop()
-        finally:
-            if self._raw is not None:
-                if not self._sqlite:
-                    self._raw.driver_connection.autocommit = False
-                self._raw.close()
-
-    def _loop(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            group = [first]
-            while len(group) < _MAX_GROUP:
+            while True:
+                group = self._take()
+                if group is None:
+                    return
+                error: BaseException | None = None
                 try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self.queue.put(None)
-                    break
-                group.append(item)
-            error: BaseException | None = None
-            try:
-                self._commit(group)
-            except Exception as exc:
-                log.exception("inbox write failed", extra={"requests": len(group)})
-                error = exc
-                self._drop_connection()
-            if error is None:
-                self.received_requests += len(group)
-                self.received_messages += sum(p.messages for p in group)
-            for p in group:
-                p.loop.call_soon_threadsafe(_resolve, p.future, error)
+                    if raw is None:
+                        raw = self._connect()
+                    self._insert(raw.driver_connection, group)
+                except Exception as exc:
+                    log.exception("inbox write failed", extra={"requests": len(group)})
+                    error = exc
+                    _discard(raw)
+                    raw = None
+                else:
+                    self.received_requests += len(group)
+                    self.received_messages += sum(p.messages for p in group)
+                for p in group:
+                    p.loop.call_soon_threadsafe(_resolve, p.future, error)
+        finally:
+            if raw is not None:
+                if not self._sqlite:
+                    raw.driver_connection.autocommit = False
+                raw.close()
 
-    def _commit(self, group: list[Pending]) -> None:
-        """Insert the group's rows with one statement on the held connection."""
-        if self._raw is None:
-            raw = self.engine.raw_connection()
-            if not self._sqlite:  # SQLite connections are already in autocommit mode
-                raw.driver_connection.autocommit = True  # type: ignore[union-attr]
-            self._raw = raw
+    def _take(self) -> list[Pending] | None:
+        """The next request and whatever queued behind it (None: the writer is closing)."""
+        first = self.queue.get()
+        if first is None:
+            return None
+        group = [first]
+        while len(group) < _MAX_GROUP:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self.queue.put(None)
+                break
+            group.append(item)
+        return group
+
+    def _connect(self) -> Any:
+        raw = self.engine.raw_connection()
+        if not self._sqlite:  # SQLite connections are already in autocommit mode
+            raw.driver_connection.autocommit = True  # type: ignore[union-attr]
+        return raw
+
+    def _insert(self, driver: Any, group: list[Pending]) -> None:
+        """The group's rows with one statement (autocommit: the statement is the transaction)."""
         sql = self._statements.get(len(group))
         if sql is None:
             sql = self._statements[len(group)] = self._head + ", ".join([self._row] * len(group))
@@ -145,16 +154,16 @@ class InboxWriter:
         params: list[Any] = []
         for p in group:
             params += (p.project_id, p.kind, p.body, stamp(p.received_at), p.ip, uuid.uuid4().hex)
-        self._raw.driver_connection.execute(sql, params)
+        driver.execute(sql, params)
 
-    def _drop_connection(self) -> None:
-        """Discard the connection after a failure; the next group opens a fresh one."""
-        if self._raw is not None:
-            raw, self._raw = self._raw, None
-            try:
-                raw.invalidate()
-            except Exception:  # pragma: no cover - the connection is gone either way
-                log.debug("closing the inbox connection failed", exc_info=True)
+
+def _discard(raw: Any) -> None:
+    """Drop a connection after a failure; the next group opens a fresh one."""
+    if raw is not None:
+        try:
+            raw.invalidate()
+        except Exception:  # pragma: no cover - the connection is gone either way
+            log.debug("closing the inbox connection failed", exc_info=True)
 
 
 def ensure_inbox_schema(db: Database) -> None:
