@@ -26,11 +26,12 @@ from tidings.db.engine import json_dumps
 DUPLICATE_KEY = (IntegrityError, sqlite3.IntegrityError, psycopg.errors.UniqueViolation)
 
 
-@lru_cache(maxsize=65536)
 def _sqlite_dt(value: datetime) -> str:
-    # SQLAlchemy's SQLite DATETIME storage format (always with microseconds).
-    naive = value.astimezone(UTC).replace(tzinfo=None)
-    return naive.isoformat(sep=" ", timespec="microseconds")
+    # SQLAlchemy's SQLite DATETIME storage format: naive UTC, always with microseconds (the
+    # aware UTC text without its "+00:00").
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 @lru_cache(maxsize=65536)
@@ -38,9 +39,11 @@ def _pg_dt(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
-@lru_cache(maxsize=65536)
 def _read_sqlite_dt(value: str) -> datetime:
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    try:
+        return datetime.fromisoformat(value + "+00:00")
+    except ValueError:  # not in the storage format (it carries an offset of its own)
+        return datetime.fromisoformat(value).astimezone(UTC)
 
 
 IN_CHUNK = 500  # values per IN (...) list: far below every database's bound-parameter limit

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -603,14 +604,18 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
         me = live.get(segment_id)
         if me is None:
             raise ValueError(f"segment {segment_id} does not resolve")
-        new_ids = sql.member_ids(session, project_id=pid, rules=me.tree, now=now)
-        old_ids = set(
-            session.execute(
-                text("SELECT customer_id FROM segment_members WHERE segment_id = :s"),
-                {"s": segment_id},
-            ).scalars()
-        )
-        due = timer_plan(session, project_id=pid, rules=me.tree, now=now) if me.timed else {}
+        # The timers' query reads the same tables as the selection; on its own connection it
+        # runs on another core meanwhile (both databases release the GIL while they work).
+        with ThreadPoolExecutor(1, thread_name_prefix="segment-timers") as pool:
+            planned = pool.submit(_plan_timers, db, pid, me, now) if me.timed else None
+            new_ids = sql.member_ids(session, project_id=pid, rules=me.tree, now=now)
+            old_ids = set(
+                session.execute(
+                    text("SELECT customer_id FROM segment_members WHERE segment_id = :s"),
+                    {"s": segment_id},
+                ).scalars()
+            )
+            due = planned.result() if planned is not None else {}
     if not _set_progress(db, segment_id, version, 40):
         return
     changes = [(cid, True) for cid in sorted(new_ids - old_ids)]
@@ -650,6 +655,13 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
         seg.progress = 100
         seg.error = None
         seg.computed_at = clock.now()
+
+
+def _plan_timers(
+    db: Database, project_id: int, me: LiveSegment, now: datetime
+) -> dict[int, datetime]:
+    with db.session() as session:
+        return timer_plan(session, project_id=project_id, rules=me.tree, now=now)
 
 
 def mark_failed(db: Database, *, segment_id: int, version: int, error: str) -> None:
