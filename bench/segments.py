@@ -14,7 +14,9 @@ PostgreSQL, copied from that file with COPY (same rows; then ANALYZE, as autovac
    `tidings.segments.membership.compute` is timed end to end: the SQL selection, members,
    history and timers. The breakdown columns are the time spent
    in `compile.member_ids` (select), `membership.timer_plan` (timers) and
-   `membership.apply_changes` (write); the target is under 10 s each.
+   `membership.apply_changes` (write); select and timers run at the same time (on two
+   connections), so "other" is the total less the longer of the two and the writes. The
+   target is under 10 s each.
 2. Ingestion cost, on a data set a tenth of the size by default (--ingest-customers,
    --ingest-events; the same generator, so the same shares and segment sizes in percent): the
    processor (`tidings.ingest.processor.drain`, chunks of TIDINGS_PROCESSOR_CHUNK) applies the
@@ -644,7 +646,8 @@ def print_computed(rows: list[Computed], *, families: bool, head: bool = True) -
             f"{'timers':>7} {'write':>7} {'other':>7}  < {TARGET_SECONDS:.0f} s"
         )
     for r in rows:
-        other = r.seconds - sum(r.parts.values())
+        parts = r.parts
+        other = r.seconds - max(parts["select"], parts["timers"]) - parts["write"]
         ok = "yes" if r.seconds < TARGET_SECONDS else "NO (over)"
         label = r.family if families else r.name
         print(

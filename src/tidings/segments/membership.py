@@ -661,6 +661,7 @@ def _plan_timers(
     db: Database, project_id: int, me: LiveSegment, now: datetime
 ) -> dict[int, datetime]:
     with db.session() as session:
+        sql.prepare(session)  # the selection's memory settings (its session is another)
         return timer_plan(session, project_id=project_id, rules=me.tree, now=now)
 
 
