@@ -1,7 +1,8 @@
 """Ingestion benchmark: drives a running `tidings serve` over HTTP and prints
 
   - messages/s acknowledged with batches of 100 (4 concurrent clients), p50/p99 latency,
-  - single-message requests/s (/v1/track, 4 concurrent clients), p50/p99 latency,
+  - single-message requests/s (/v1/track, 4 concurrent clients, then --many-clients), p50/p99
+    latency,
   - messages/s fully processed (profiles, timelines, catalogs and the message log written) by a
     separate `tidings worker` draining what was acknowledged,
   - the same with the embedded worker running while clients send (the default deployment),
@@ -270,7 +271,7 @@ def prepare(url: str, workdir: Path) -> tuple[dict[str, str], str]:
     return env, json.loads(out)["write_key"]
 
 
-def bench_backend(name: str, url: str, seconds: float, clients: int) -> dict[str, float]:
+def bench_backend(name: str, url: str, seconds: float, clients: int, many: int) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix=f"tidings-bench-{name}-"))
     env, key = prepare(url, workdir)
     gen = Messages()
@@ -279,12 +280,14 @@ def bench_backend(name: str, url: str, seconds: float, clients: int) -> dict[str
     per_client = int(seconds * 130)
     batches = [[gen.batch_body(100) for _ in range(per_client)] for _ in range(clients)]
     singles = [[gen.single_body() for _ in range(int(seconds * 1500))] for _ in range(clients)]
+    crowd = [[gen.single_body() for _ in range(int(seconds * 500))] for _ in range(many)]
 
     server = Server(env, workdir, worker=False)
     try:
         ack = run_async(drive(server.port, key, "/v1/batch", batches, 100, seconds))
         single = run_async(drive(server.port, key, "/v1/track", singles, 1, seconds / 2))
-        total = ack.messages + single.messages
+        busy = run_async(drive(server.port, key, "/v1/track", crowd, 1, seconds / 2))
+        total = ack.messages + single.messages + busy.messages
         worker_log = (workdir / "worker.log").open("wb")
         worker = subprocess.Popen(
             [str(BIN), "worker"], env=env, cwd=workdir, stdout=worker_log, stderr=worker_log
@@ -302,6 +305,9 @@ def bench_backend(name: str, url: str, seconds: float, clients: int) -> dict[str
         "single_req_per_s": single.requests / single.seconds,
         "single_p50_ms": single.pct(0.50),
         "single_p99_ms": single.pct(0.99),
+        "many_req_per_s": busy.requests / busy.seconds,
+        "many_p50_ms": busy.pct(0.50),
+        "many_p99_ms": busy.pct(0.99),
         "processed_msgs_per_s": total / elapsed,
         "processed_total": total,
     }
@@ -342,6 +348,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--many-clients", type=int, default=16, help="single messages again, with this many"
+    )
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--postgres-url", default=os.environ.get("TIDINGS_BENCH_POSTGRES_URL"))
     args = parser.parse_args()
@@ -365,7 +374,7 @@ def main() -> None:
         f"{args.seconds:.0f} s per phase, {USERS} users (20% identify, 60% track, 20% page)"
     )
     for name, url in backends:
-        r = bench_backend(name.lower(), url, args.seconds, args.clients)
+        r = bench_backend(name.lower(), url, args.seconds, args.clients, args.many_clients)
         print(f"\n{name}")
         print(
             f"  acknowledged (batches of 100): {r['ack_msgs_per_s']:>9,.0f} msg/s   "
@@ -374,6 +383,10 @@ def main() -> None:
         print(
             f"  single-message requests:       {r['single_req_per_s']:>9,.0f} req/s   "
             f"p50 {r['single_p50_ms']:.1f} ms  p99 {r['single_p99_ms']:.1f} ms"
+        )
+        print(
+            f"  ... with {args.many_clients} clients:         {r['many_req_per_s']:>9,.0f} req/s   "
+            f"p50 {r['many_p50_ms']:.1f} ms  p99 {r['many_p99_ms']:.1f} ms"
         )
         print(
             f"  fully processed (worker):      {r['processed_msgs_per_s']:>9,.0f} msg/s   "
