@@ -9,13 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from tests.cli_support import scratch_database
 from tidings.config import Settings
 from tidings.db import Database, table_of
 from tidings.ingest.inbox import InboxWriter, ensure_inbox_schema
 from tidings.ingest.models import InboxBase, InboxItem
+from tidings.ingest.processor import read_chunk
 
 
 @pytest.fixture
@@ -89,3 +90,45 @@ def test_a_failed_commit_fails_its_requests_and_the_writer_recovers(db: Database
         writer.close()
     assert len(_rows(db)) == 5
     assert (writer.received_requests, writer.received_messages) == (8, 8)
+
+
+def test_a_chunk_is_about_the_limit_whatever_the_mix(db: Database) -> None:
+    """Single-message rows and batch rows alike fill a chunk up to the limit, in id order."""
+    at = datetime.now(UTC)
+    writer = InboxWriter(db.inbox_write_engine)
+
+    async def fill() -> None:
+        for i in range(70):
+            await writer.write(
+                project_id=1,
+                kind="track",
+                body=b'{"messageId":"s%d"}' % i,
+                received_at=at,
+                ip=None,
+                messages=1,
+            )
+        batch = b'{"batch":[%s]}' % b",".join(b'{"messageId":"b%d"}' % i for i in range(100))
+        for _ in range(3):
+            await writer.write(
+                project_id=1, kind="batch", body=batch, received_at=at, ip=None, messages=100
+            )
+
+    try:
+        asyncio.run(fill())
+    finally:
+        writer.close()
+    first = read_chunk(db, limit=50)
+    assert [e.message_id for e in first.entries] == [f"s{i}" for i in range(50)]
+    assert len(first.inbox_ids) == 50
+    assert first.inbox_ids == sorted(first.inbox_ids)
+    # The rest of the singles, then whole batch rows until the limit is reached.
+    with db.inbox_engine.begin() as conn:
+        conn.execute(
+            delete(table_of(InboxItem)).where(table_of(InboxItem).c.id.in_(first.inbox_ids))
+        )
+    second = read_chunk(db, limit=150)
+    assert len(second.inbox_ids) == 22
+    assert len(second.entries) == 220
+    assert second.inbox_ids[0] > first.inbox_ids[-1]
+    everything = read_chunk(db, limit=10_000)
+    assert len(everything.entries) == 320

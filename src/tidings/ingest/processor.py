@@ -96,31 +96,42 @@ class Chunk:
 
 
 def read_chunk(db: Database, *, limit: int) -> Chunk:
-    """The oldest inbox rows, split into messages, up to about `limit` messages."""
+    """The oldest inbox rows, split into messages, up to about `limit` messages.
+
+    Rows are read a page at a time (a batch row holds many messages, a single-message request
+    one), so a chunk is about `limit` messages whatever the mix, without fetching bodies that
+    will not fit.
+    """
     chunk = Chunk()
     table = table_of(InboxItem)
+    columns = (
+        table.c.id,
+        table.c.project_id,
+        table.c.kind,
+        table.c.body,
+        table.c.received_at,
+        table.c.ip,
+        table.c.token,
+    )
+    page = 16
     with db.inbox_engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                table.c.id,
-                table.c.project_id,
-                table.c.kind,
-                table.c.body,
-                table.c.received_at,
-                table.c.ip,
-                table.c.token,
-            )
-            .order_by(table.c.id)
-            .limit(max(1, min(256, limit // 10)))
-        ).all()
-    for row in rows:
-        chunk.inbox_ids.append(row.id)
-        chunk.entries.extend(
-            split_body(row.token, row.project_id, row.kind, row.body, row.received_at, row.ip)
-        )
-        if len(chunk.entries) >= limit:
-            break
-    return chunk
+        while True:
+            stmt = select(*columns).order_by(table.c.id).limit(page)
+            if chunk.inbox_ids:
+                stmt = stmt.where(table.c.id > chunk.inbox_ids[-1])
+            rows = conn.execute(stmt).all()
+            for row in rows:
+                chunk.inbox_ids.append(row.id)
+                chunk.entries.extend(
+                    split_body(
+                        row.token, row.project_id, row.kind, row.body, row.received_at, row.ip
+                    )
+                )
+                if len(chunk.entries) >= limit:
+                    return chunk
+            if len(rows) < page:
+                return chunk
+            page = min(256, page * 4)
 
 
 def split_body(
