@@ -96,6 +96,7 @@ class InboxWriter:
     def _run(self) -> None:
         """Take what is queued, commit it, wake its requests; repeat."""
         raw: Any = None
+        cursor: Any = None  # kept too: a new cursor per group is a good part of a small insert
         try:
             while True:
                 group = self._take()
@@ -105,12 +106,13 @@ class InboxWriter:
                 try:
                     if raw is None:
                         raw = self._connect()
-                    self._insert(raw.driver_connection, group)
+                        cursor = raw.driver_connection.cursor()
+                    self._insert(cursor, group)
                 except Exception as exc:
                     log.exception("inbox write failed", extra={"requests": len(group)})
                     error = exc
                     _discard(raw)
-                    raw = None
+                    raw = cursor = None
                 else:
                     self.received_requests += len(group)
                     self.received_messages += sum(p.messages for p in group)
@@ -118,6 +120,7 @@ class InboxWriter:
                     p.loop.call_soon_threadsafe(_resolve, p.future, error)
         finally:
             if raw is not None:
+                cursor.close()
                 if not self._sqlite:
                     raw.driver_connection.autocommit = False
                 raw.close()
@@ -145,7 +148,7 @@ class InboxWriter:
             raw.driver_connection.autocommit = True  # type: ignore[union-attr]
         return raw
 
-    def _insert(self, driver: Any, group: list[Pending]) -> None:
+    def _insert(self, cursor: Any, group: list[Pending]) -> None:
         """The group's rows with one statement (autocommit: the statement is the transaction)."""
         sql = self._statements.get(len(group))
         if sql is None:
@@ -154,7 +157,7 @@ class InboxWriter:
         params: list[Any] = []
         for p in group:
             params += (p.project_id, p.kind, p.body, stamp(p.received_at), p.ip, uuid.uuid4().hex)
-        driver.execute(sql, params)
+        cursor.execute(sql, params)
 
 
 def _discard(raw: Any) -> None:
