@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from tidings.db import Database, table_of
+from tidings.db import Database, is_postgres, table_of
 from tidings.ingest.models import InboxBase, InboxItem
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class InboxWriter:
         stamp_type = table.c.received_at.type.dialect_impl(engine.dialect)
         convert = stamp_type.bind_processor(engine.dialect)
         self._stamp: Callable[[datetime], Any] = convert or (lambda value: value)
-        self._sqlite = engine.dialect.name == "sqlite"
+        self._postgres = is_postgres(engine)
         self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
         self._thread.start()
 
@@ -121,7 +121,7 @@ class InboxWriter:
         finally:
             if raw is not None:
                 cursor.close()
-                if not self._sqlite:
+                if self._postgres:
                     raw.driver_connection.autocommit = False
                 raw.close()
 
@@ -144,7 +144,7 @@ class InboxWriter:
 
     def _connect(self) -> Any:
         raw = self.engine.raw_connection()
-        if not self._sqlite:  # SQLite connections are already in autocommit mode
+        if self._postgres:  # SQLite connections are already in autocommit mode
             raw.driver_connection.autocommit = True  # type: ignore[union-attr]
         return raw
 
