@@ -700,6 +700,15 @@ def report(node: Node, sql: set[int], py: set[int], facts: dict[int, Facts], now
     return "\n".join(lines)
 
 
+def incremental_facts(
+    session: Session, pid: int, ids: list[int], trees: list[Node], now: datetime
+) -> dict[int, Facts]:
+    """Facts as incremental upkeep loads them: event conditions summarized by the database."""
+    return membership.load_facts(
+        session, pid, ids, trees, now=now, per_customer={cid: trees for cid in ids}
+    )
+
+
 def check_agreement(
     db: Database,
     pid: int,
@@ -725,6 +734,9 @@ def check_agreement(
             facts = membership.load_facts(session, pid, ids, [tree], now=now)
             assert sorted(facts) == ids
             members, expected = select_both(tree, facts)
+            summarized = incremental_facts(session, pid, ids, [tree], now)
+            incremental = {cid for cid in ids if evaluate.holds(tree, summarized[cid], now)}
+            assert incremental == expected, f"segment {sid} of {defs}: the database's summaries"
             for cid in ids:
                 seen["segment", cid in expected] += 1
             if members != expected:
@@ -740,9 +752,12 @@ def check_agreement(
                     seen[family(node), evaluate.holds(node, facts[cid], now)] += 1
         # Single conditions, with facts for all of them at once (windows merged per event).
         facts = membership.load_facts(session, pid, ids, leaves, now=now)
+        summarized = incremental_facts(session, pid, ids, leaves, now)
         for definition, leaf in zip(singles, leaves, strict=True):
             sql, py = select_both(leaf, facts)
             assert sql == py, f"{definition}\n{report(leaf, sql, py, facts, now)}"
+            incremental = {cid for cid in ids if evaluate.holds(leaf, summarized[cid], now)}
+            assert incremental == py, f"{definition}: the database's summaries"
             for cid in ids:
                 seen[family(leaf), cid in py] += 1
 
@@ -800,12 +815,19 @@ def test_timer_plan_agrees_with_next_change(db: Database) -> None:
         with db.session() as session:
             ids = customer_ids(session, pid)
             facts = membership.load_facts(session, pid, ids, [tree], now=now)
+            summarized = incremental_facts(session, pid, ids, [tree], now)
             for part in timed_parts(tree):
                 expected = {
                     cid: due
                     for cid in ids
                     if (due := evaluate.next_change(part, facts[cid], now)) is not None
                 }
+                incremental = {
+                    cid: due
+                    for cid in ids
+                    if (due := evaluate.next_change(part, summarized[cid], now)) is not None
+                }
+                assert incremental == expected, f"{definition}: the database's summaries"
                 plan = membership.timer_plan(session, project_id=pid, rules=part, now=now)
                 for cid in ids:
                     planned[cid in expected] += 1

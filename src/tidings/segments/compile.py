@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import Result, text
 from sqlalchemy.orm import Session
 
-from tidings.db.bulk import Bulk
-from tidings.segments.evaluate import iso
+from tidings.db.bulk import IN_CHUNK, Bulk
+from tidings.segments.evaluate import Summary, iso, summary_parts
 from tidings.segments.rules import (
     AT_LEAST_ONCE,
     AudienceCond,
@@ -301,7 +301,12 @@ def _revenue(q: Sql, node: RevenueCond) -> str:
 
 def event_filters(q: Sql, c: EventCond, *, window: bool = True) -> str:
     """The WHERE clause selecting the events a condition counts."""
-    parts = [f"e.project_id = {q.bind(q.project_id)}", f"e.type = '{c.type}'"]
+    return f"e.project_id = {q.bind(q.project_id)} AND {event_match(q, c, window=window)}"
+
+
+def event_match(q: Sql, c: EventCond, *, window: bool = True) -> str:
+    """Whether one of the project's events is one the condition counts."""
+    parts = [f"e.type = '{c.type}'"]
     if c.name is not None:
         parts.append(f"e.name = {q.bind(c.name)}")
     if window and c.recency is None:
@@ -406,6 +411,91 @@ def count_and_sample(
         f"ORDER BY c.last_seen DESC, c.id DESC LIMIT {int(sample)}",
     ).scalars()
     return total, list(ids)
+
+
+SUMMARY_GROUP = 64  # conditions per statement
+
+
+def _lower_bound(c: EventCond, now: datetime) -> datetime | None:
+    """The oldest event the condition's summary can count (None: the whole history)."""
+    if c.recency is not None:
+        return None
+    if c.window.days is not None:
+        return now - timedelta(days=c.window.days)
+    return c.window.start
+
+
+def event_summaries(
+    session: Session,
+    *,
+    project_id: int,
+    wanted: dict[EventCond, list[int]],
+    now: datetime,
+) -> Iterator[tuple[EventCond, int, Summary]]:
+    """(condition, customer_id, summary) of each wanted condition's matching events (all of
+    them for a recency condition, else those in its window), for customers with any.
+
+    Each customer's events are read once for a group of conditions, every condition being a
+    FILTERed aggregate over them, and only for the parts of a summary the evaluator reads.
+    Conditions with a window are grouped apart, so their statement reads recent events only.
+    """
+    bulk = Bulk(session)
+    for group, since in _summary_groups(list(wanted), now):
+        ids = sorted({cid for c in group for cid in wanted[c]})
+        layout, aggregates = _summary_layout(group)
+        types = ", ".join(sorted({f"'{c.type}'" for c in group}))
+        for start in range(0, len(ids), IN_CHUNK):
+            q = builder(session, project_id, now)
+            matches = {c: event_match(q, c, window=c.recency is None) for c in group}
+            cols = ", ".join(f"{agg} FILTER (WHERE {matches[c]})" for c, agg in aggregates)
+            in_list = ", ".join(str(int(cid)) for cid in ids[start : start + IN_CHUNK])
+            where = f"e.project_id = {q.bind(project_id)} AND e.customer_id IN ({in_list})"
+            if since is not None:
+                where += f" AND e.timestamp >= {q.dt(since)}"
+            statement = (
+                f"SELECT e.customer_id, {cols} FROM events e "
+                f"WHERE {where} AND e.type IN ({types}) GROUP BY e.customer_id"
+            )
+            for row in run(session, q, statement):
+                for c, n, f, last in layout:
+                    count = row[n] if n else 0
+                    first = row[f] if f else None
+                    at = row[last] if last else None
+                    if count or first is not None or at is not None:
+                        yield c, row[0], Summary(count, bulk.read_dt(first), bulk.read_dt(at))
+
+
+def _summary_groups(
+    conds: list[EventCond], now: datetime
+) -> Iterator[tuple[list[EventCond], datetime | None]]:
+    """The conditions in groups of at most SUMMARY_GROUP, with the oldest event each group
+    needs (None: the whole history); those with a window and those without are kept apart."""
+    bounded = [(c, _lower_bound(c, now)) for c in conds]
+    for part in ([c for c, b in bounded if b is not None], [c for c, b in bounded if b is None]):
+        for i in range(0, len(part), SUMMARY_GROUP):
+            group = part[i : i + SUMMARY_GROUP]
+            bounds = [_lower_bound(c, now) for c in group]
+            yield group, min(b for b in bounds if b is not None) if None not in bounds else None
+
+
+def _summary_layout(
+    group: list[EventCond],
+) -> tuple[list[tuple[EventCond, int, int, int]], list[tuple[EventCond, str]]]:
+    """The aggregates a group's statement computes, and per condition the result column of
+    its count, first and last (0: not computed)."""
+    layout: list[tuple[EventCond, int, int, int]] = []
+    aggregates: list[tuple[EventCond, str]] = []
+    for c in group:
+        cols = [0, 0, 0]
+        for i, (agg, needed) in enumerate(zip(_SUMMARY_AGGREGATES, summary_parts(c), strict=True)):
+            if needed:
+                aggregates.append((c, agg))
+                cols[i] = len(aggregates)
+        layout.append((c, cols[0], cols[1], cols[2]))
+    return layout, aggregates
+
+
+_SUMMARY_AGGREGATES = ("COUNT(*)", "MIN(e.timestamp)", "MAX(e.timestamp)")
 
 
 def boundary_rows(

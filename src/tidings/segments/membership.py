@@ -35,7 +35,6 @@ from tidings.segments.evaluate import (
     EPSILON,
     EventRow,
     Facts,
-    Summary,
     date_boundaries,
     event_key,
     holds,
@@ -234,20 +233,10 @@ def _load_summaries(
                 if isinstance(c, EventCond) and c not in seen:
                     seen.add(c)
                     wanted[c].append(cid)
-    bulk = Bulk(session)
-    for cond, ids in wanted.items():
-        for part in chunks(sorted(ids)):
-            q = sql.builder(session, project_id, now)
-            marks = ", ".join(q.bind(cid) for cid in part)
-            statement = (
-                "SELECT e.customer_id, COUNT(*), MIN(e.timestamp), MAX(e.timestamp) FROM events e "  # noqa: S608
-                f"WHERE {sql.event_filters(q, cond, window=cond.recency is None)} "
-                f"AND e.customer_id IN ({marks}) GROUP BY e.customer_id"
-            )
-            for cid, count, first, last in session.execute(text(statement), q.params):
-                facts[cid].summaries[cond] = Summary(
-                    int(count), bulk.read_dt(first), bulk.read_dt(last)
-                )
+    for cond, cid, summary in sql.event_summaries(
+        session, project_id=project_id, wanted=wanted, now=now
+    ):
+        facts[cid].summaries[cond] = summary
 
 
 def _load_events(
