@@ -705,7 +705,7 @@ def incremental_facts(
 ) -> dict[int, Facts]:
     """Facts as incremental upkeep loads them: event conditions summarized by the database."""
     return membership.load_facts(
-        session, pid, ids, trees, now=now, per_customer={cid: trees for cid in ids}
+        session, pid, ids, trees, now=now, per_customer=dict.fromkeys(ids, trees)
     )
 
 

@@ -76,7 +76,10 @@ class Event(Base):
 
     __tablename__ = "events"
     __table_args__ = (
-        Index("ix_events_customer_timeline", "customer_id", "timestamp", "id"),
+        # A customer's timeline, newest first; with the type and the name as well, segment
+        # upkeep summarizes a customer's events without reading the table (but for the
+        # conditions on properties).
+        Index("ix_events_customer_timeline", "customer_id", "timestamp", "id", "type", "name"),
         # Name and time: event conditions of segments read a window of one event's rows; with
         # the customer and the type as well, grouping them by customer never reads the table.
         Index(
