@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Result, text
 from sqlalchemy.orm import Session
 
-from tidings.db.bulk import IN_CHUNK, Bulk
+from tidings.db.bulk import Bulk, chunks
 from tidings.segments.evaluate import Summary, iso, summary_parts
 from tidings.segments.rules import (
     AT_LEAST_ONCE,
@@ -414,6 +414,7 @@ def count_and_sample(
 
 
 SUMMARY_GROUP = 64  # conditions per statement
+_SUMMARY_AGGREGATES = ("COUNT(*)", "MIN(e.timestamp)", "MAX(e.timestamp)")
 
 
 def _lower_bound(c: EventCond, now: datetime) -> datetime | None:
@@ -441,22 +442,19 @@ def event_summaries(
     """
     bulk = Bulk(session)
     for group, since in _summary_groups(list(wanted), now):
-        ids = sorted({cid for c in group for cid in wanted[c]})
         layout, aggregates = _summary_layout(group)
+        q = builder(session, project_id, now)
+        matches = {c: event_match(q, c, window=c.recency is None) for c in group}
+        cols = ", ".join(f"{agg} FILTER (WHERE {matches[c]})" for c, agg in aggregates)
         types = ", ".join(sorted({f"'{c.type}'" for c in group}))
-        for start in range(0, len(ids), IN_CHUNK):
-            q = builder(session, project_id, now)
-            matches = {c: event_match(q, c, window=c.recency is None) for c in group}
-            cols = ", ".join(f"{agg} FILTER (WHERE {matches[c]})" for c, agg in aggregates)
-            # The customers are the project's (their facts were read with its id), and so are
-            # their events: without a project test the index answers for the event alone.
-            in_list = ", ".join(str(int(cid)) for cid in ids[start : start + IN_CHUNK])
-            where = f"e.customer_id IN ({in_list})"
-            if since is not None:
-                where += f" AND e.timestamp >= {q.dt(since)}"
+        recent = "" if since is None else f" AND e.timestamp >= {q.dt(since)}"
+        # The customers are the project's (their facts were read with its id), and so are
+        # their events: without a project test the index answers for the event alone.
+        for part in chunks(sorted({cid for c in group for cid in wanted[c]})):
+            in_list = ", ".join(str(int(cid)) for cid in part)
             statement = (
-                f"SELECT e.customer_id, {cols} FROM events e "
-                f"WHERE {where} AND e.type IN ({types}) GROUP BY e.customer_id"
+                f"SELECT e.customer_id, {cols} FROM events e WHERE e.customer_id IN ({in_list})"
+                f"{recent} AND e.type IN ({types}) GROUP BY e.customer_id"
             )
             for row in run(session, q, statement):
                 for c, n, f, last in layout:
@@ -472,12 +470,12 @@ def _summary_groups(
 ) -> Iterator[tuple[list[EventCond], datetime | None]]:
     """The conditions in groups of at most SUMMARY_GROUP, with the oldest event each group
     needs (None: the whole history); those with a window and those without are kept apart."""
-    bounded = [(c, _lower_bound(c, now)) for c in conds]
-    for part in ([c for c, b in bounded if b is not None], [c for c, b in bounded if b is None]):
-        for i in range(0, len(part), SUMMARY_GROUP):
-            group = part[i : i + SUMMARY_GROUP]
-            bounds = [_lower_bound(c, now) for c in group]
-            yield group, min(b for b in bounds if b is not None) if None not in bounds else None
+    bounds = {c: _lower_bound(c, now) for c in conds}
+    windowed = [c for c in conds if bounds[c] is not None]
+    for group in chunks(windowed, SUMMARY_GROUP):
+        yield group, min(b for c in group if (b := bounds[c]) is not None)
+    for group in chunks([c for c in conds if bounds[c] is None], SUMMARY_GROUP):
+        yield group, None
 
 
 def _summary_layout(
@@ -495,9 +493,6 @@ def _summary_layout(
                 cols[i] = len(aggregates)
         layout.append((c, cols[0], cols[1], cols[2]))
     return layout, aggregates
-
-
-_SUMMARY_AGGREGATES = ("COUNT(*)", "MIN(e.timestamp)", "MAX(e.timestamp)")
 
 
 def boundary_rows(
