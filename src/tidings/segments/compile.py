@@ -13,7 +13,7 @@ answer can change as time passes, with the value the boundary is computed from.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ from tidings.segments.rules import (
     Group,
     GroupCond,
     GroupTraitCond,
+    Guard,
     Node,
     Not,
     RandomCond,
@@ -40,7 +41,7 @@ from tidings.segments.rules import (
     ValueTest,
     bucket,
     parse_instant,
-    walk,
+    timed_conditions,
 )
 
 _SQLITE_DATE = "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'"
@@ -351,18 +352,33 @@ def _event(q: Sql, c: EventCond) -> str:
     if c.recency is None and c.count == AT_LEAST_ONCE:
         performed = f"c.id IN (SELECT e.customer_id FROM events e WHERE {event_filters(q, c)})"
         return f"(NOT {performed})" if c.op == "not_performed" else performed
-    base = f"SELECT e.customer_id FROM events e WHERE {event_filters(q, c)} {group_by_customer(q)}"
     if c.recency is not None:
-        agg = "MIN" if c.op == "first_performed" else "MAX"
-        kind, n = c.recency
-        sym = ">=" if kind == "within_days" else "<"
-        return f"c.id IN ({base} HAVING {agg}(e.timestamp) {sym} {q.dt(q.now - timedelta(days=n))})"
+        return _recency(q, c)
+    base = f"SELECT e.customer_id FROM events e WHERE {event_filters(q, c)} {group_by_customer(q)}"
     if c.count.holds(0):
         # Customers with no such event satisfy the count: exclude those whose count fails.
         performed = f"c.id NOT IN ({base} HAVING {_count_sql(c, False)})"
     else:
         performed = f"c.id IN ({base} HAVING {_count_sql(c, True)})"
     return f"(NOT {performed})" if c.op == "not_performed" else performed
+
+
+def _recency(q: Sql, c: EventCond) -> str:
+    """First / last performed within N days or more than N days ago, as sets of customers
+    with such an event before or since the boundary (building a set costs less than
+    grouping every event of the name to find its first or last)."""
+    assert c.recency is not None
+    kind, n = c.recency
+    filters = event_filters(q, c)
+    since = q.dt(q.now - timedelta(days=n))
+    matching = f"SELECT e.customer_id FROM events e WHERE {filters} AND e.timestamp"
+    recent, old = f"c.id IN ({matching} >= {since})", f"c.id IN ({matching} < {since})"
+    if (c.op == "last_performed") == (kind == "within_days"):
+        # The last within N days, or the first more than N days ago: one such event will do.
+        return recent if kind == "within_days" else old
+    # The first within N days: recent ones and no older one; the last more than N days ago:
+    # older ones and no recent one.
+    return f"({recent} AND NOT {old})" if kind == "within_days" else f"({old} AND NOT {recent})"
 
 
 # -- statements -------------------------------------------------------------------------------
@@ -378,7 +394,7 @@ def builder(session: Session, project_id: int, now: datetime) -> Sql:
     return Sql(session.get_bind().dialect.name == "postgresql", project_id, now)
 
 
-def run(session: Session, q: Sql, sql: str) -> Result[Any]:
+def run(session: Session, q: Sql, sql: str) -> Result[*tuple[Any, ...]]:
     """Execute a statement built with `q`, with the SQL functions it needs."""
     if q.uses_bucket:
         raw = session.connection().connection.dbapi_connection
@@ -495,18 +511,50 @@ def _summary_layout(
     return layout, aggregates
 
 
+GUARD_CHUNK = 5000  # customers per statement testing guards
+
+
+def _guards_sql(q: Sql, guards: tuple[Guard, ...]) -> str:
+    """True for a customer `c` whose guards all have the truth they must have."""
+    return " AND ".join(
+        predicate(q, g) if want else f"(NOT {predicate(q, g)})" for g, want in guards
+    )
+
+
 def boundary_rows(
     session: Session, *, project_id: int, rules: Node, now: datetime
 ) -> Iterator[tuple[Node, str, Any]]:
-    """(condition, kind, rows of (customer_id, value)) for each time-based condition.
+    """(condition, kind, rows of (customer_id, value)) for each time-based condition, for the
+    customers whose guards hold (`rules.timed_conditions`), as `evaluate.next_change` reads it.
 
     kind says how the value turns into instants: "text" (an ISO string, via the value test),
     "instant" (a datetime, via the value test), "window" (the oldest event in the window) or
     "recency" (the first or last matching event).
     """
     bulk = Bulk(session)
-    for c in walk(rules):
+    checked: dict[tuple[Guard, ...], dict[int, bool]] = {}
+
+    def guarded(rows: Iterable[Any], guards: tuple[Guard, ...]) -> list[Any]:
+        """The rows of customers whose guards hold (each customer is tested once)."""
+        rows = list(rows)
+        if not guards:
+            return rows
+        known = checked.setdefault(guards, {})
+        unknown = sorted({r[0] for r in rows} - known.keys())
+        for part in chunks(unknown, GUARD_CHUNK):
+            g = builder(session, project_id, now)
+            in_list = ", ".join(str(int(cid)) for cid in part)
+            statement = (
+                f"SELECT c.id FROM customers c WHERE c.id IN ({in_list}) "
+                f"AND {_guards_sql(g, guards)}"
+            )
+            known.update(dict.fromkeys(part, False))
+            known.update(dict.fromkeys(run(session, g, statement).scalars(), True))
+        return [r for r in rows if known[r[0]]]
+
+    for c, guards in timed_conditions(rules):
         q = builder(session, project_id, now)
+        pid = q.bind(project_id)
         if isinstance(c, TraitCond | GroupTraitCond) and c.test.relative:
             col = "c.traits" if isinstance(c, TraitCond) else "g.traits"
             p = q.jpath(c.path)
@@ -515,39 +563,52 @@ def boundary_rows(
                 days=1 + (0 if c.test.op == "within_next_days" else c.test.value)
             )
             cond = f"{_date_text(q, typ, val)} AND {_cmp_text(q, val, '>=', iso(since))}"
-            pid = q.bind(project_id)
             if isinstance(c, TraitCond):
-                sql = f"SELECT c.id, {val} FROM customers c WHERE c.project_id = {pid} AND {cond}"
+                # The guards are tested on the same rows.
+                guard = f" AND {_guards_sql(q, guards)}" if guards else ""
+                sql = (
+                    f"SELECT c.id, {val} FROM customers c WHERE c.project_id = {pid} AND {cond}"
+                    f"{guard}"
+                )
+                yield c, "text", run(session, q, sql).all()
             else:
                 sql = (
                     f"SELECT cg.customer_id, {val} FROM customer_groups cg "
                     f"JOIN groups g ON g.id = cg.group_pk WHERE g.project_id = {pid} AND {cond}"
                 )
-            yield c, "text", session.execute(text(sql), q.params).all()
+                yield c, "text", guarded(run(session, q, sql), guards)
         elif isinstance(c, RevenueCond) and c.metric == "last_charge" and c.test.relative:
             since = now - timedelta(
                 days=1 + (0 if c.test.op == "within_next_days" else c.test.value)
             )
             sql = (
                 "SELECT c.id, c.last_charge_at FROM customers c WHERE "
-                f"c.project_id = {q.bind(project_id)} AND c.last_charge_at >= {q.dt(since)}"
+                f"c.project_id = {pid} AND c.last_charge_at >= {q.dt(since)}"
             )
-            rows = [(cid, bulk.read_dt(at)) for cid, at in session.execute(text(sql), q.params)]
+            rows = [(cid, bulk.read_dt(at)) for cid, at in guarded(run(session, q, sql), guards)]
             yield c, "instant", rows
         elif isinstance(c, EventCond) and c.recency is not None:
-            agg = "MIN" if c.op == "first_performed" else "MAX"
-            since = now - timedelta(days=c.recency[1])
+            # Only customers whose first (last) event is recent can flip, and it is then the
+            # first (last) of their recent events: the window is grouped, not the history.
+            since_at = q.dt(now - timedelta(days=c.recency[1]))
+            filters = event_filters(q, c, window=False)
+            agg, older = "MAX", ""
+            if c.op == "first_performed":
+                agg = "MIN"
+                older = (
+                    " AND e.customer_id NOT IN (SELECT e.customer_id FROM events e "
+                    f"WHERE {filters} AND e.timestamp < {since_at})"
+                )
             sql = (
                 f"SELECT e.customer_id, {agg}(e.timestamp) FROM events e "
-                f"WHERE {event_filters(q, c, window=False)} {group_by_customer(q)} "
-                f"HAVING {agg}(e.timestamp) >= {q.dt(since)}"
+                f"WHERE {filters} AND e.timestamp >= {since_at}{older} {group_by_customer(q)}"
             )
-            rows = [(cid, bulk.read_dt(at)) for cid, at in session.execute(text(sql), q.params)]
+            rows = [(cid, bulk.read_dt(at)) for cid, at in guarded(run(session, q, sql), guards)]
             yield c, "recency", rows
         elif isinstance(c, EventCond) and c.window.days is not None:
             sql = (
                 "SELECT e.customer_id, MIN(e.timestamp) FROM events e "
                 f"WHERE {event_filters(q, c)} {group_by_customer(q)}"
             )
-            rows = [(cid, bulk.read_dt(at)) for cid, at in session.execute(text(sql), q.params)]
+            rows = [(cid, bulk.read_dt(at)) for cid, at in guarded(run(session, q, sql), guards)]
             yield c, "window", rows

@@ -38,7 +38,7 @@ from tidings.segments.rules import (
     ValueTest,
     bucket,
     parse_instant,
-    walk,
+    timed_conditions,
 )
 
 MISSING: Any = object()
@@ -421,11 +421,21 @@ def _revenue(node: RevenueCond, facts: Facts, now: datetime) -> tuple[bool, Any]
 
 
 def next_change(node: Node, facts: Facts, now: datetime) -> datetime | None:
-    """The earliest future instant at which time alone may change any condition of the tree."""
+    """The earliest future instant at which time alone may change the tree: a boundary of a
+    time-based condition whose guards hold (see `rules.timed_conditions`)."""
     points: list[datetime] = []
-    for c in walk(node):
-        points.extend(_boundaries(c, facts, now))
+    settled: dict[int, bool] = {}  # guards shared by several conditions are evaluated once
+    for c, guards in timed_conditions(node):
+        if all(_guard(g, want, facts, now, settled) for g, want in guards):
+            points.extend(_boundaries(c, facts, now))
     return min(points) if points else None
+
+
+def _guard(g: Node, want: bool, facts: Facts, now: datetime, settled: dict[int, bool]) -> bool:
+    key = id(g)
+    if key not in settled:
+        settled[key] = holds(g, facts, now)
+    return settled[key] == want
 
 
 def _boundaries(c: Node, facts: Facts, now: datetime) -> list[datetime]:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from tidings.clock import isoformat
@@ -694,3 +695,36 @@ def is_timed(node: Node) -> bool:
         if isinstance(c, EventCond) and (c.window.days is not None or c.recency is not None):
             return True
     return False
+
+
+# A time-independent part of the tree and the truth it must have for time to matter.
+Guard = tuple[Node, bool]
+
+
+@lru_cache(maxsize=1024)
+def timed_conditions(node: Node) -> tuple[tuple[Condition, tuple[Guard, ...]], ...]:
+    """Each time-based condition with its guards: the time-independent siblings on its way up
+    (those of an `all` must hold, those of an `any` must not). When a guard fails, its group
+    is settled until the customer's data changes, which re-evaluates the customer anyway, so
+    time alone cannot change the tree through that condition."""
+    out: list[tuple[Condition, tuple[Guard, ...]]] = []
+
+    def visit(n: Node, guards: tuple[Guard, ...]) -> None:
+        if isinstance(n, Group):
+            timed = [is_timed(c) for c in n.children]
+            statics = tuple(
+                (c, n.kind == "all") for c, t in zip(n.children, timed, strict=True) if not t
+            )
+            for c, t in zip(n.children, timed, strict=True):
+                if t:
+                    visit(c, guards + statics)
+        elif isinstance(n, Not):
+            visit(n.child, guards)
+        elif isinstance(n, SegmentCond):
+            if n.rules is not None:
+                visit(n.rules, guards)
+        elif is_timed(n):
+            out.append((n, guards))
+
+    visit(node, ())
+    return tuple(out)
