@@ -1072,3 +1072,26 @@ def test_no_timer_where_a_time_independent_condition_settles_the_tree(
     expected = now + 4 * DAY + EPSILON if timed else None
     assert due == expected
     assert plan_sql == ({cid: expected} if timed else {})
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["team", "pro"], {0, 1}),
+        (["free", 1, True], {3, 4, 5, 6}),  # 1 matches 1.0, not true
+        ([2.5, "enterprise", False], {7, 8}),
+    ],
+)
+def test_in_a_list_of_several_kinds(db: Database, values: list[Any], expected: set[int]) -> None:
+    plans: list[Any] = ["pro", "team", "Team", "free", 1, 1.0, True, 2.5, False, "1", None]
+    msgs: list[Message] = [
+        {"type": "identify", "userId": f"u{i}", "traits": {"plan": plan}}
+        for i, plan in enumerate(plans)
+    ]
+    pid = load(db, World(NOON, msgs, {}))
+    sql, python = both_ways(db, pid, {"trait": "plan", "op": "in", "value": values}, NOON)
+    with db.session() as session:
+        ids = customer_ids(session, pid)  # in the order of the messages
+    assert sql == python == {ids[i] for i in expected}
+    negated = both_ways(db, pid, {"trait": "plan", "op": "not_in", "value": values}, NOON)
+    assert negated[0] == negated[1] == set(ids) - sql

@@ -119,7 +119,7 @@ def value_sql(q: Sql, test: ValueTest, col: str, path: tuple[str, ...]) -> str:
     if op == "eq":
         return q.safe(_eq(q, typ, col, p, test.value))
     if op == "in":
-        return q.safe(" OR ".join(f"({_eq(q, typ, col, p, v)})" for v in test.value))
+        return q.safe(_in(q, typ, col, p, test.value))
     if op == "exists":
         return f"COALESCE({typ}, 'null') <> 'null'"
     if op == "contains":
@@ -148,6 +148,28 @@ def _eq(q: Sql, typ: str, col: str, p: str, value: Any) -> str:
         return f"{typ} = '{'true' if value else 'false'}'"
     kinds = "'text'" if isinstance(value, str) else "'integer', 'real'"
     return f"{typ} IN ({kinds}) AND json_extract({col}, {p}) = {q.bind(value)}"
+
+
+def _in(q: Sql, typ: str, col: str, p: str, values: list[Any]) -> str:
+    """Equal to one of the values: the value is read once per kind, not once per value."""
+    if q.postgres:
+        listed = ", ".join(f"CAST({q.bind(json.dumps(v))} AS jsonb)" for v in values)
+        return f"{q.jval(col, p)} IN ({listed})"
+    tests = []
+    for flag in sorted({v for v in values if isinstance(v, bool)}):
+        tests.append(f"{typ} = '{'true' if flag else 'false'}'")
+    for kinds, group in (
+        ("'text'", [v for v in values if isinstance(v, str)]),
+        ("'integer', 'real'", [v for v in values if _is_number(v)]),
+    ):
+        if group:
+            listed = ", ".join(q.bind(v) for v in group)
+            tests.append(f"({typ} IN ({kinds}) AND json_extract({col}, {p}) IN ({listed}))")
+    return " OR ".join(tests) or q.false()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _contains(q: Sql, typ: str, col: str, p: str, val: str, needle: str) -> str:
