@@ -27,6 +27,12 @@ the machine compete for the same cores, as a local relay would.
     python bench/send.py [--emails 100000] [--workers 2] [--batch 200] [--outbox]
                          [--postgres-url postgresql+psycopg://user@host:port/db] [--keep]
 
+    python bench/send.py --sink-ceiling [--seconds 10] [--clients 2]
+
+--sink-ceiling measures the sink alone: the same aiosmtpd sink, fed by K client processes that
+each send one pre-rendered message (the same template) over and over with Tidings' own SMTP
+provider (the same commands as a worker, no database, no rendering); prints messages/s and CPU
+per message of the sink and of the clients. It is the most delivery can reach against this sink.
 --outbox delivers to the embedded outbox (no SMTP: the message stays in the database).
 --postgres-url is a server where this user may create databases (its own database is only
 used to create and drop the scratch one).
@@ -65,10 +71,11 @@ from tidings import clock
 from tidings.config import Settings
 from tidings.db import Database
 from tidings.db.bulk import Bulk
-from tidings.messaging import gateway
+from tidings.messaging import gateway, providers
 from tidings.messaging import settings as email_settings
+from tidings.templates import render
 from tidings.templates import service as templates
-from tidings.templates.starters import STARTERS, fill
+from tidings.templates.starters import LAYOUT, STARTERS, fill
 
 BIN = Path(sys.executable).with_name("tidings")
 CHUNK = 5_000  # recipients per gateway transaction
@@ -593,6 +600,90 @@ def run(backend: Backend, args: argparse.Namespace, workdir: Path) -> Result:
         db.dispose()
 
 
+def ceiling_message() -> bytes:
+    """One message as a worker builds it: the bench template rendered for a sample customer."""
+    welcome = STARTERS["welcome"]
+    parts = render.Parts(
+        subject=welcome.subject,
+        preheader=welcome.preheader,
+        html=fill(LAYOUT, welcome.content + "\n" + PLAN_PARAGRAPH),
+        text="",
+    )
+    context = dict(templates.SAMPLE_CONTEXT)
+    context["customer"] = {**context["customer"], "plan": "pro"}
+    out = render.render(parts, context)
+    envelope = providers.Envelope(
+        from_name="Tidings Bench",
+        from_email="bench@example.com",
+        to="ada@example.com",
+        reply_to=None,
+        subject=out.subject,
+        header_id="<1.bench@example.com>",
+        unsubscribe_url="http://127.0.0.1:8000/u/sample",
+        unsubscribe_mailto="mailto:unsubscribe@example.com?subject=unsubscribe",
+        message_id=1,
+    )
+    return providers.build(envelope, html=out.html, text=out.text)
+
+
+def _ceiling_client(port: int, data: bytes, until: float, sent: Synchronized[int]) -> None:
+    smtp = providers.Smtp(providers.parse_smtp_url(f"smtp://127.0.0.1:{port}"), timeout=30)
+    n = 0
+    while time.time() < until:
+        smtp.deliver(
+            sender="bench@example.com",
+            recipient=f"c{n}@example.com",
+            build=lambda _eight_bit: data,
+            handover=lambda: None,
+        )
+        n += 1
+    smtp.close()
+    sent.value = n
+
+
+def sink_ceiling(seconds: float, clients: int) -> None:
+    """Feed the sink as fast as `clients` processes can, with no rendering and no database."""
+    data = ceiling_message()
+    sink = Sink()
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        counters = [ctx.Value("q", 0, lock=False) for _ in range(clients)]
+        start = time.time() + 2.0  # the clients' start-up is not counted
+        procs = [
+            ctx.Process(target=_ceiling_client, args=(sink.port, data, start + seconds, c))
+            for c in counters
+        ]
+        for proc in procs:
+            proc.start()
+        while time.time() < start:
+            time.sleep(0.01)
+        received0, sink0, busy0 = sink.received.value, cpu_seconds(sink.pid), machine_busy()
+        clients0 = sum(cpu_seconds(p.pid) for p in procs if p.pid is not None)
+        time.sleep(seconds)
+        received = sink.received.value - received0
+        sink_cpu = cpu_seconds(sink.pid) - sink0
+        clients_cpu = sum(cpu_seconds(p.pid) for p in procs if p.pid is not None) - clients0
+        busy1 = machine_busy()
+        for proc in procs:
+            proc.join(30)
+    finally:
+        sink.stop()
+    print(
+        f"\nsink ceiling: {plural(clients, 'client process', 'es')} sending one pre-rendered "
+        f"message ({len(data) / 1024:.1f} KB) over and over with Tidings' SMTP provider, "
+        f"{seconds:.0f} s"
+    )
+    print(f"  received by the sink            {received / seconds:>8,.0f} msg/s")
+    print(
+        f"  CPU per message: sink {1000 * sink_cpu / max(1, received):.2f} ms "
+        f"({100 * sink_cpu / seconds:.0f}% of one core), clients "
+        f"{1000 * clients_cpu / max(1, received):.2f} ms; machine busy "
+        f"{100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]):.0f}% of "
+        f"{os.cpu_count()} cores"
+    )
+    print(f"  after: {dashboard.load_average()}", flush=True)
+
+
 def check_personalised(db: Database, s: Setup) -> None:
     """One sent message carries its customer's first name and plan."""
     with db.session() as session:
@@ -703,9 +794,19 @@ def main() -> None:
     parser.add_argument("--outbox", action="store_true", help="no SMTP: the outbox provider")
     parser.add_argument("--postgres-url", help="a PostgreSQL server (default: SQLite)")
     parser.add_argument("--keep", action="store_true", help="keep the database")
+    parser.add_argument(
+        "--sink-ceiling", action="store_true", help="only the sink, fed pre-rendered messages"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="--sink-ceiling: how long")
+    parser.add_argument("--clients", type=int, default=2, help="--sink-ceiling: client processes")
     args = parser.parse_args()
-    if args.emails < 1 or args.workers < 1:
-        parser.error("--emails and --workers must be at least 1")
+    if args.emails < 1 or args.workers < 1 or args.clients < 1:
+        parser.error("--emails, --workers and --clients must be at least 1")
+    if args.sink_ceiling:
+        print(f"machine: {dashboard.machine()}")
+        print(f"machine: {dashboard.load_average()}")
+        sink_ceiling(args.seconds, args.clients)
+        return
     batch = args.batch or Settings(database_url="sqlite://").send_batch
     print(f"machine: {dashboard.machine()}")
     print(f"machine: {dashboard.load_average()}")
