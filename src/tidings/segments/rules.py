@@ -16,7 +16,7 @@ import math
 import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, time
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -127,6 +127,14 @@ class EventCond:
     recency: tuple[str, int] | None = None
     page_field: str | None = None
     page_test: ValueTest | None = None
+    # Summaries are looked up by condition for every customer: the hash is worked out once.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(_compared(self)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +192,18 @@ class RandomCond:
 class Group:
     kind: str  # all | any
     children: tuple[Node, ...]
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(_compared(self)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+def _compared(node: Any) -> tuple[Any, ...]:
+    """The fields equality compares, for a hash worked out once."""
+    return tuple(getattr(node, f.name) for f in fields(node) if f.compare)
 
 
 @dataclass(frozen=True, slots=True)
