@@ -567,8 +567,8 @@ def boundary_rows(
             g = builder(session, project_id, now)
             in_list = ", ".join(str(int(cid)) for cid in part)
             statement = (
-                f"SELECT c.id FROM customers c WHERE c.id IN ({in_list}) "
-                f"AND {_guards_sql(g, guards)}"
+                f"SELECT c.id FROM customers c WHERE c.project_id = {g.bind(project_id)} "
+                f"AND c.id IN ({in_list}) AND {_guards_sql(g, guards)}"
             )
             known.update(dict.fromkeys(part, False))
             known.update(dict.fromkeys(run(session, g, statement).scalars(), True))
