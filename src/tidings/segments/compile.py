@@ -146,8 +146,12 @@ def _eq(q: Sql, typ: str, col: str, p: str, value: Any) -> str:
         return f"{q.jval(col, p)} = CAST({q.bind(json.dumps(value))} AS jsonb)"
     if isinstance(value, bool):
         return f"{typ} = '{'true' if value else 'false'}'"
-    kinds = "'text'" if isinstance(value, str) else "'integer', 'real'"
-    return f"{typ} IN ({kinds}) AND json_extract({col}, {p}) = {q.bind(value)}"
+    return f"{typ} IN ({_kinds(value)}) AND json_extract({col}, {p}) = {q.bind(value)}"
+
+
+def _kinds(value: Any) -> str:
+    """SQLite: the JSON types a string or a number compares equal to."""
+    return "'text'" if isinstance(value, str) else "'integer', 'real'"
 
 
 def _in(q: Sql, typ: str, col: str, p: str, values: list[Any]) -> str:
@@ -155,21 +159,17 @@ def _in(q: Sql, typ: str, col: str, p: str, values: list[Any]) -> str:
     if q.postgres:
         listed = ", ".join(f"CAST({q.bind(json.dumps(v))} AS jsonb)" for v in values)
         return f"{q.jval(col, p)} IN ({listed})"
-    tests = []
-    for flag in sorted({v for v in values if isinstance(v, bool)}):
-        tests.append(f"{typ} = '{'true' if flag else 'false'}'")
-    for kinds, group in (
-        ("'text'", [v for v in values if isinstance(v, str)]),
-        ("'integer', 'real'", [v for v in values if _is_number(v)]),
-    ):
-        if group:
-            listed = ", ".join(q.bind(v) for v in group)
-            tests.append(f"({typ} IN ({kinds}) AND json_extract({col}, {p}) IN ({listed}))")
+    tests = [
+        _eq(q, typ, col, p, flag) for flag in sorted({v for v in values if isinstance(v, bool)})
+    ]
+    by_kinds: dict[str, list[Any]] = {}
+    for v in values:
+        if not isinstance(v, bool):
+            by_kinds.setdefault(_kinds(v), []).append(v)
+    for kinds, group in by_kinds.items():
+        listed = ", ".join(q.bind(v) for v in group)
+        tests.append(f"({typ} IN ({kinds}) AND json_extract({col}, {p}) IN ({listed}))")
     return " OR ".join(tests) or q.false()
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _contains(q: Sql, typ: str, col: str, p: str, val: str, needle: str) -> str:
