@@ -14,9 +14,9 @@ PostgreSQL, copied from that file with COPY (same rows; then ANALYZE, as autovac
    `tidings.segments.membership.compute` is timed end to end: the SQL selection, members,
    history and timers. The breakdown columns are the time spent
    in `compile.member_ids` (select), `membership.timer_plan` (timers) and
-   `membership.apply_changes` (write); select and timers run at the same time (on two
-   connections), so "other" is the total less the longer of the two and the writes. The
-   target is under 10 s each.
+   `membership._enter` / `apply_changes` (write: members and history); select and timers run
+   at the same time (on two connections), so "other" is the total less the longer of the two
+   and the writes (timers, checkpoints). The target is under 10 s each.
 2. Ingestion cost, on a data set a tenth of the size by default (--ingest-customers,
    --ingest-events; the same generator, so the same shares and segment sizes in percent): the
    processor (`tidings.ingest.processor.drain`, chunks of TIDINGS_PROCESSOR_CHUNK) applies the
@@ -328,8 +328,9 @@ class Probe:
 
 PROBE = Probe()
 PROBE.wrap(segment_sql, "member_ids", "select")  # membership.compute calls sql.member_ids
-PROBE.wrap(membership, "timer_plan", "timers")
-PROBE.wrap(membership, "apply_changes", "write")
+PROBE.wrap(membership, "timer_plan", "timers")  # beside the selection
+PROBE.wrap(membership, "_enter", "write")  # a computation's entries
+PROBE.wrap(membership, "apply_changes", "write")  # its exits; the processor's changes
 PROBE.wrap(membership, "load_facts", "facts")
 PROBE.wrap(membership, "live_segments", "live")
 PROBE.wrap(membership, "refresh", "refresh")  # the processor calls membership.refresh

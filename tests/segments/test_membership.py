@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 
 from tests.cli_support import scratch_database
 from tidings import clock
 from tidings.auth import service as projects
 from tidings.config import Settings
-from tidings.customers.models import Customer, Event
+from tidings.customers.models import AnonymousId, Customer, Event
 from tidings.db import Database
 from tidings.ingest.processor import Entry, apply_entries
 from tidings.jobs.models import DomainEvent, Job
@@ -493,6 +493,65 @@ def test_changes_during_the_computation_itself_are_rechecked(
     seg = p.segment(sid)
     assert (seg.status, seg.member_count) == ("ready", 2)
     assert p.rechecks(sid) == set()
+
+
+def test_customers_gone_during_the_computation_leave_no_rows(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Customers erased or merged away after the full query has run, before the result is
+    written: the computation writes no member, history or timer for them."""
+    p = project
+    now = clock.now()
+    for user in ("stays", "erased"):
+        p.send(identify(user, {"plan": "pro"}), track(user, "Signed In", now - DAY))
+    p.send(
+        {"type": "identify", "anonymousId": "visitor", "traits": {"plan": "pro"}},
+        {"type": "track", "anonymousId": "visitor", "event": "Signed In", "timestamp": iso(now)},
+        identify("known", {"plan": "free"}),
+    )
+    with p.db.session() as session:
+        visitor = session.scalars(
+            select(AnonymousId.customer_id).where(AnonymousId.anonymous_id == "visitor")
+        ).one()
+    gone = {p.customer("erased"), visitor}
+    real = compiled.member_ids
+
+    def member_ids_then_two_leave(*args: Any, **kwargs: Any) -> set[int]:
+        found = real(*args, **kwargs)
+        assert gone <= found
+        p.send({"type": "delete", "userId": "erased"})
+        p.send({"type": "alias", "userId": "known", "previousId": "visitor"})  # merged away
+        return found
+
+    monkeypatch.setattr(compiled, "member_ids", member_ids_then_two_leave)
+    rules = {
+        "all": [
+            {"trait": "plan", "op": "eq", "value": "pro"},
+            {"event": "Signed In", "op": "performed", "within_days": 7},
+        ]
+    }
+    sid = p.create("Active pros", rules)
+    p.run_jobs()
+    monkeypatch.undo()
+    seg = p.segment(sid)
+    assert seg.status == "ready"
+    stays = p.customer("stays")
+    assert stays in p.members(sid)
+    assert stays in p.timers(sid)  # the window closes for the others too, but they are gone
+    assert not gone & p.members(sid)
+    assert not gone & set(p.timers(sid))
+    assert not gone & {cid for cid, _ in p.changes(sid)}
+    assert seg.member_count == len(p.members(sid))
+    with p.db.session() as session:
+        for table in ("segment_members", "segment_changes", "segment_timers"):
+            orphans = session.execute(
+                text(
+                    f"SELECT count(*) FROM {table} t WHERE t.segment_id = :s "
+                    "AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = t.customer_id)"
+                ),
+                {"s": sid},
+            ).scalar_one()
+            assert orphans == 0, table
 
 
 def test_an_edit_recomputes_while_old_members_stay_until_done(project: Project) -> None:

@@ -125,6 +125,38 @@ class Bulk:
         finally:
             cur.close()
 
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run `sql` (with `{m}` for its placeholders) once; the number of rows it changed."""
+        cur = self._cursor()
+        try:
+            cur.execute(sql.format(m=self.mark), tuple(params))
+            return int(cur.rowcount)
+        finally:
+            cur.close()
+
+    def id_set(self, ids: Sequence[int]) -> tuple[str, Any]:
+        """A subquery listing `ids` from one parameter, and that parameter: one statement takes
+        any number of them, and the database walks them without a row of Python each."""
+        if self.postgres:
+            return "SELECT unnest(CAST({m} AS bigint[]))", list(ids)
+        return "SELECT value FROM json_each({m})", orjson.dumps(list(ids)).decode()
+
+    def row_set(
+        self, types: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> tuple[str, tuple[Any, ...]]:
+        """A subquery listing `rows` as columns c0, c1, ... (of these PostgreSQL types) from
+        few parameters, and those parameters; values adapted as for `insert`."""
+        if self.postgres:
+            arrays = ", ".join(f"CAST({{m}} AS {t}[])" for t in types)
+            names = ", ".join(f"c{i}" for i in range(len(types)))
+            params = tuple(list(column) for column in zip(*rows, strict=True)) or tuple(
+                [] for _ in types
+            )
+            return f"SELECT * FROM unnest({arrays}) AS r({names})", params  # noqa: S608
+        cols = ", ".join(f"json_extract(value, '$[{i}]') AS c{i}" for i in range(len(types)))
+        listed = f"SELECT {cols} FROM json_each({{m}})"  # noqa: S608
+        return listed, (orjson.dumps(list(rows)).decode(),)
+
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run `sql` (with `{m}` for its placeholders) once per row."""
         if not rows:

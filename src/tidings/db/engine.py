@@ -58,9 +58,17 @@ def _make_engine(url: str, *, synchronous: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
+            options = conn.get_execution_options()
+            # Foreign keys are looked up row by row unless a bulk load asks otherwise (see
+            # Database.session); the pragma only takes effect outside a transaction, so every
+            # transaction sets it as it needs before it begins.
+            checked = not options.get("sqlite_bulk")
+            if conn.info.get("foreign_keys", True) != checked:
+                conn.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if checked else 'OFF'}")
+                conn.info["foreign_keys"] = checked
             # Writers take the lock up front (IMMEDIATE): a deferred transaction that reads and
             # then writes fails at once under WAL when another writer committed in between.
-            if conn.get_execution_options().get("sqlite_immediate"):
+            if options.get("sqlite_immediate"):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             else:
                 conn.exec_driver_sql("BEGIN")
@@ -87,6 +95,9 @@ class Database:
         # Core connections for short write transactions on hot paths (no ORM session).
         self.write_engine = self.engine.execution_options(sqlite_immediate=True)
         self.write_sessionmaker = sessionmaker(self.write_engine, expire_on_commit=False)
+        self.bulk_sessionmaker = sessionmaker(
+            self.write_engine.execution_options(sqlite_bulk=True), expire_on_commit=False
+        )
         self.inbox_write_engine = self.inbox_engine.execution_options(sqlite_immediate=True)
 
     @property
@@ -94,9 +105,19 @@ class Database:
         return self.inbox_engine is not self.engine
 
     @contextmanager
-    def session(self, *, write: bool = False) -> Iterator[Session]:
-        """One unit of work: commits on success, rolls back on error."""
-        maker = self.write_sessionmaker if write else self.sessionmaker
+    def session(self, *, write: bool = False, bulk: bool = False) -> Iterator[Session]:
+        """One unit of work: commits on success, rolls back on error.
+
+        `bulk` is a write that checks, in the same transaction, that every row it references
+        exists: on SQLite, whose single writer lock keeps those rows in place until it commits,
+        the per-row foreign-key lookups are left out (they cost as much as the insert itself,
+        a random read of the parent table each) and so are cascades, so a bulk unit of work
+        deletes nothing that other rows reference. PostgreSQL checks as always.
+        """
+        if bulk:
+            maker = self.bulk_sessionmaker
+        else:
+            maker = self.write_sessionmaker if write else self.sessionmaker
         with maker() as session, session.begin():
             yield session
 

@@ -610,28 +610,33 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
     changes = [(cid, True) for cid in sorted(new_ids - old_ids)]
     changes += [(cid, False) for cid in sorted(old_ids - new_ids)]
     done = 0
+    # Bulk writes: each checks that its segment and customers still exist, in its transaction.
     for part in chunks(changes, WRITE_BATCH):
-        with db.session(write=True) as session:
+        with db.session(write=True, bulk=True) as session:
             seg = session.get(Segment, segment_id)
             if seg is None or seg.version != version:
                 return
-            exists = _existing(session, [cid for cid, _ in part])
+            _enter(session, pid, segment_id, [cid for cid, entered in part if entered], now)
+            leaving = [cid for cid, entered in part if not entered]
+            exists = _existing(session, pid, leaving)
             apply_changes(
                 session,
                 pid,
-                [Change(me, cid, entered) for cid, entered in part if cid in exists],
+                [Change(me, cid, False) for cid in leaving if cid in exists],
                 now=now,
                 source="compute",
             )
             done += len(part)
             seg.progress = 40 + int(50 * done / max(1, len(changes)))
+    if not _replace_timers(db, pid, segment_id, version, due):
+        return
     with db.session(write=True) as session:
         # Locked for update: a processor transaction that saw the segment computing finishes
-        # (and leaves its rechecks) before this step reads them.
+        # (and leaves its rechecks) before this step reads them. Timers set meanwhile by a
+        # processor are those of its rechecks, which are evaluated again here.
         seg = session.get(Segment, segment_id, with_for_update=True)
         if seg is None or seg.version != version:
             return
-        _replace_timers(session, pid, segment_id, due)
         seg.status = "ready"
         session.flush()
         _recheck(session, pid, segment_id)
@@ -665,25 +670,68 @@ def mark_failed(db: Database, *, segment_id: int, version: int, error: str) -> N
         )
 
 
-def _existing(session: Session, ids: list[int]) -> set[int]:
+def _enter(
+    session: Session, project_id: int, segment_id: int, ids: list[int], now: datetime
+) -> None:
+    """A full computation's entries: members and their history, for the customers among `ids`
+    that still exist (what `apply_changes` writes for a computation, in two statements)."""
+    if not ids:
+        return
+    bulk = Bulk(session)
+    listed, param = bulk.id_set(ids)
+    customers = f"FROM customers c WHERE c.project_id = {{m}} AND c.id IN ({listed})"
+    at = bulk.dt(now)
+    bulk.execute(
+        "INSERT INTO segment_members (segment_id, customer_id, entered_at) "
+        f"SELECT {{m}}, c.id, {{m}} {customers}",
+        (segment_id, at, project_id, param),
+    )
+    bulk.execute(
+        "INSERT INTO segment_changes (project_id, segment_id, customer_id, change, source, at) "
+        f"SELECT {{m}}, {{m}}, c.id, 'entered', 'compute', {{m}} {customers}",
+        (project_id, segment_id, at, project_id, param),
+    )
+
+
+def _existing(session: Session, project_id: int, ids: list[int]) -> set[int]:
+    """The ids among `ids` of the project's customers that still exist."""
     bulk = Bulk(session)
     out: set[int] = set()
+    sql = "SELECT id FROM customers WHERE project_id = {m}"
     for part in chunks(ids):
-        out.update(r[0] for r in bulk.select_in("SELECT id FROM customers WHERE 1 = 1", "id", part))
+        out.update(r[0] for r in bulk.select_in(sql, "id", part, (project_id,)))
     return out
 
 
 def _replace_timers(
-    session: Session, project_id: int, segment_id: int, due: dict[int, datetime]
-) -> None:
-    session.execute(text("DELETE FROM segment_timers WHERE segment_id = :s"), {"s": segment_id})
-    bulk = Bulk(session)
-    live = _existing(session, list(due))
-    bulk.insert(
-        "segment_timers",
-        ("segment_id", "customer_id", "project_id", "due_at"),
-        [(segment_id, cid, project_id, bulk.dt(at)) for cid, at in due.items() if cid in live],
-    )
+    db: Database, project_id: int, segment_id: int, version: int, due: dict[int, datetime]
+) -> bool:
+    """Write the planned timers in place of the segment's, for the customers that still exist;
+    False when the segment was edited or deleted meanwhile. Timers that fire before the
+    computation ends leave a recheck, like any evaluation of a computing segment."""
+    parts = list(chunks(sorted(due.items()), WRITE_BATCH)) or [[]]
+    for n, part in enumerate(parts):
+        with db.session(write=True, bulk=True) as session:
+            seg = session.get(Segment, segment_id)
+            if seg is None or seg.version != version:
+                return False
+            if n == 0:
+                session.execute(
+                    text("DELETE FROM segment_timers WHERE segment_id = :s"), {"s": segment_id}
+                )
+            if not part:
+                continue
+            bulk = Bulk(session)
+            listed, params = bulk.row_set(
+                ("bigint", "timestamp"), [(cid, bulk.dt(at)) for cid, at in part]
+            )
+            bulk.execute(
+                "INSERT INTO segment_timers (segment_id, customer_id, project_id, due_at) "  # noqa: S608
+                f"SELECT {{m}}, c.id, {{m}}, r.c1 FROM ({listed}) r "
+                "JOIN customers c ON c.project_id = {m} AND c.id = r.c0",
+                (segment_id, project_id, *params, project_id),
+            )
+    return True
 
 
 def _recheck(session: Session, project_id: int, segment_id: int) -> None:

@@ -1,0 +1,51 @@
+"""Sessions of the main database: a bulk unit of work leaves the next one fully checked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from tests.cli_support import scratch_database
+from tidings.config import Settings
+from tidings.db import Database
+
+ORPHAN = "INSERT INTO customer_tags (customer_id, tag, project_id) VALUES (999999, 'x', 1)"
+
+
+@pytest.fixture
+def db(backend: str, tmp_path: Path) -> Iterator[Database]:
+    with scratch_database(backend, tmp_path) as url:
+        database = Database(Settings(database_url=url))
+        try:
+            yield database
+        finally:
+            database.dispose()
+
+
+def foreign_keys_on(db: Database, **kind: bool) -> bool:
+    with db.session(**kind) as session:
+        if session.get_bind().dialect.name != "sqlite":
+            return True
+        return bool(session.execute(text("PRAGMA foreign_keys")).scalar_one())
+
+
+def test_only_a_bulk_session_leaves_foreign_key_lookups_out(db: Database) -> None:
+    sqlite = db.engine.dialect.name == "sqlite"
+    # One connection serves these sessions in turn, so each must set what it needs itself.
+    db.engine.pool.dispose()
+    assert foreign_keys_on(db, write=True)
+    assert foreign_keys_on(db, write=True, bulk=True) is not sqlite
+    assert foreign_keys_on(db, write=True)
+    assert foreign_keys_on(db)
+    assert foreign_keys_on(db, write=True, bulk=True) is not sqlite
+    with pytest.raises(IntegrityError), db.session(write=True) as session:
+        session.execute(text(ORPHAN))
+    if not sqlite:  # PostgreSQL checks them in bulk too
+        with pytest.raises(IntegrityError), db.session(write=True, bulk=True) as session:
+            session.execute(text(ORPHAN))
+    with db.session(write=True) as session:
+        assert session.execute(text("SELECT count(*) FROM customer_tags")).scalar_one() == 0
