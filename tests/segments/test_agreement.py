@@ -1075,6 +1075,41 @@ def test_no_timer_where_a_time_independent_condition_settles_the_tree(
 
 
 @pytest.mark.parametrize(
+    ("count", "events", "timed"),
+    [
+        ({"gte": 2}, 1, False),  # one sign-in leaving cannot make two
+        ({"gte": 2}, 2, True),
+        ({"gte": 2}, 3, True),
+        ({"lte": 1}, 1, False),  # at most one stays at most one
+        ({"lte": 1}, 3, True),
+        ({"eq": 2}, 1, False),
+        ({"eq": 2}, 3, True),
+        ({"gte": 3, "lte": 1}, 3, False),  # never holds
+    ],
+)
+def test_a_window_count_gets_a_timer_only_where_a_lower_count_changes_the_answer(
+    db: Database, count: dict[str, int], events: int, timed: bool
+) -> None:
+    now = NOON
+    msgs: list[dict[str, Any]] = [{"type": "identify", "userId": "u0", "traits": {}}]
+    msgs += [
+        {"type": "track", "userId": "u0", "event": "Signed In", "timestamp": iso(now - d * DAY)}
+        for d in range(3, 3 + events)
+    ]
+    pid = load(db, World(now, msgs, {}))
+    tree = rules.parse({"event": "Signed In", "op": "performed", "count": count, "within_days": 7})
+    with db.session() as session:
+        (cid,) = customer_ids(session, pid)
+        facts = membership.load_facts(session, pid, [cid], [tree], now=now)
+        plan_sql = membership.timer_plan(session, project_id=pid, rules=tree, now=now)
+    due = evaluate.next_change(tree, facts[cid], now)
+    # The oldest sign-in, 2 + events days ago, leaves the 7-day window first.
+    expected = now + (5 - events) * DAY + EPSILON if timed else None
+    assert due == expected
+    assert plan_sql == ({cid: expected} if timed else {})
+
+
+@pytest.mark.parametrize(
     ("values", "expected"),
     [
         (["team", "pro"], {0, 1}),

@@ -628,9 +628,12 @@ def boundary_rows(
             rows = [(cid, bulk.read_dt(at)) for cid, at in guarded(run(session, q, sql), guards)]
             yield c, "recency", rows
         elif isinstance(c, EventCond) and c.window.days is not None:
+            floor = c.count.flip_floor()
+            if floor is None:
+                continue
             sql = (
                 "SELECT e.customer_id, MIN(e.timestamp) FROM events e "
-                f"WHERE {event_filters(q, c)} {group_by_customer(q)}"
+                f"WHERE {event_filters(q, c)} {group_by_customer(q)} HAVING COUNT(*) >= {floor}"
             )
             rows = [(cid, bulk.read_dt(at)) for cid, at in guarded(run(session, q, sql), guards)]
             yield c, "window", rows

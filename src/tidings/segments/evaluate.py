@@ -352,7 +352,8 @@ def _event_boundaries(c: EventCond, facts: Facts, now: datetime) -> list[datetim
             return []
         point = at + timedelta(days=c.recency[1]) + EPSILON
         return [point] if point > now else []
-    if c.window.days is None or s.first is None:
+    floor = c.count.flip_floor()
+    if c.window.days is None or s.first is None or floor is None or s.count < floor:
         return []
     # The oldest event in the window leaves it first.
     return [s.first + timedelta(days=c.window.days) + EPSILON]

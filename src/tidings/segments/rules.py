@@ -97,6 +97,25 @@ class Count:
                 return False
         return True
 
+    def flip_floor(self) -> int | None:
+        """The least count whose answer a lower count would change, None when none would.
+
+        A count within the last N days only falls as time passes (until a new event, which
+        re-evaluates the customer anyway), so time alone changes the answer only from this
+        count up: an answer at a lower count stays as it is."""
+        low, high = 0, None
+        for key, bound in self.bounds:
+            if key in ("eq", "gte", "gt"):
+                low = max(low, bound + (key == "gt"))
+            if key in ("eq", "lte", "lt"):
+                top = bound - (key == "lt")
+                high = top if high is None else min(high, top)
+        if high is not None and low > high:
+            return None  # never holds
+        if low > 0:
+            return low  # holds from `low` (up to `high`): falling below it changes the answer
+        return None if high is None else high + 1  # holds up to `high` and from there again
+
 
 AT_LEAST_ONCE = Count((("gte", 1),))
 
