@@ -632,8 +632,7 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
         return
     with db.session(write=True) as session:
         # Locked for update: a processor transaction that saw the segment computing finishes
-        # (and leaves its rechecks) before this step reads them. Timers set meanwhile by a
-        # processor are those of its rechecks, which are evaluated again here.
+        # (and leaves its rechecks) before this step reads them.
         seg = session.get(Segment, segment_id, with_for_update=True)
         if seg is None or seg.version != version:
             return
