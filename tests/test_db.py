@@ -1,4 +1,4 @@
-"""Sessions of the main database: a bulk unit of work leaves the next one fully checked."""
+"""Sessions and connections of the databases: bulk units of work, SQLite checkpoints."""
 
 from __future__ import annotations
 
@@ -49,3 +49,18 @@ def test_only_a_bulk_session_leaves_foreign_key_lookups_out(db: Database) -> Non
             session.execute(text(ORPHAN))
     with db.session(write=True) as session:
         assert session.execute(text("SELECT count(*) FROM customer_tags")).scalar_one() == 0
+
+
+def test_sqlite_checkpoints_the_main_file_in_larger_steps_than_the_inbox(tmp_path: Path) -> None:
+    # The processor rewrites the same pages chunk after chunk: fewer checkpoints write them
+    # back fewer times. The inbox's checkpoints run in request handlers, so they stay short.
+    database = Database(Settings(database_url=f"sqlite:///{tmp_path / 'tidings.db'}"))
+    try:
+        assert database.separate_inbox
+        with database.engine.connect() as conn:
+            main = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+        with database.inbox_engine.connect() as conn:
+            inbox = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+    finally:
+        database.dispose()
+    assert (main, inbox) == (40_000, 10_000)

@@ -30,7 +30,7 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def _make_engine(url: str, *, synchronous: str) -> Engine:
+def _make_engine(url: str, *, synchronous: str, autocheckpoint: int) -> Engine:
     kwargs: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": orjson.loads}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
@@ -52,8 +52,9 @@ def _make_engine(url: str, *, synchronous: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA cache_size=-65536")
             cur.execute("PRAGMA temp_store=MEMORY")
-            # Checkpoint in larger steps: fewer, bigger writes back to the database file.
-            cur.execute("PRAGMA wal_autocheckpoint=10000")
+            # Checkpoint in large steps: a page written by many commits goes back to the
+            # database file once per checkpoint, so fewer, larger checkpoints write less.
+            cur.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -85,12 +86,19 @@ class Database:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = _make_engine(settings.database_url, synchronous="NORMAL")
+        # The main file checkpoints every 40,000 pages (a WAL of up to about 160 MB): the
+        # processor rewrites the same index pages chunk after chunk, and each checkpoint writes
+        # them once. The inbox keeps shorter checkpoints: they run in request handlers.
+        self.engine = _make_engine(
+            settings.database_url, synchronous="NORMAL", autocheckpoint=40_000
+        )
         inbox_url = settings.effective_inbox_url()
         if inbox_url == settings.database_url:
             self.inbox_engine = self.engine
         else:
-            self.inbox_engine = _make_engine(inbox_url, synchronous=settings.inbox_sync.upper())
+            self.inbox_engine = _make_engine(
+                inbox_url, synchronous=settings.inbox_sync.upper(), autocheckpoint=10_000
+            )
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         # Core connections for short write transactions on hot paths (no ORM session).
         self.write_engine = self.engine.execution_options(sqlite_immediate=True)
