@@ -471,6 +471,47 @@ def test_changes_while_computing_are_rechecked(project: Project) -> None:
     assert sorted(p.changes(sid)) == sorted([(late, "entered"), (new, "entered")])
 
 
+def test_only_changes_a_segment_can_see_evaluate_it(project: Project) -> None:
+    """An event none of a segment's conditions counts, or a trait sent again unchanged,
+    leaves the segment alone: while it computes, only the customers whose data it reads
+    changed are queued for a recheck."""
+    p = project
+    now = ms(clock.now())
+    p.send(*(identify(u, {"plan": "pro"}) for u in ("pages", "events", "traits")))
+    sid = p.create(
+        "Docs readers, recent buyers, pro",
+        {
+            "any": [
+                {"page": "path", "op": "starts_with", "value": "/docs", "within_days": 7},
+                {
+                    "event": "Purchased",
+                    "op": "performed",
+                    "within_days": 3,
+                    "where": [{"property": "amount", "op": "gt", "value": 50}],
+                },
+                {"trait": "plan", "op": "eq", "value": "pro"},
+            ]
+        },
+    )
+
+    def page(user: str, path: str, at: datetime) -> Message:
+        return {"type": "page", "userId": user, "properties": {"path": path}, "timestamp": iso(at)}
+
+    p.send(
+        page("pages", "/pricing", now),  # another path
+        page("pages", "/docs/a", now - 8 * DAY),  # outside the window
+        track("events", "Purchased", now, amount=10),  # fails `where`
+        track("events", "Purchased", now - 4 * DAY, amount=60),  # outside the window
+        track("events", "Opened App", now),  # another event
+        identify("traits", {"plan": "pro", "city": "Rome"}),  # plan unchanged
+    )
+    assert p.rechecks(sid) == set()
+    p.send(page("pages", "/docs/a", now - DAY))
+    p.send(track("events", "Purchased", now - DAY, amount=60))
+    p.send(identify("traits", {"plan": "free"}))
+    assert p.rechecks(sid) == {p.customer(u) for u in ("pages", "events", "traits")}
+
+
 def test_changes_during_the_computation_itself_are_rechecked(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -426,19 +426,22 @@ class ProfileBatch:
 
     # -- changes -------------------------------------------------------------------------
 
-    def set_traits(self, p: Profile, traits: dict[str, Any], at: datetime) -> None:
-        """Merge normalised traits; a null value removes the trait."""
+    def set_traits(self, p: Profile, traits: dict[str, Any], at: datetime) -> set[str]:
+        """Merge normalised traits; a null value removes the trait. Returns the keys changed."""
         current = p.traits
+        changed: set[str] = set()
         for key, value in traits.items():
             if value is None:
                 if key in current:
                     del current[key]
-                    p.dirty = True
+                    changed.add(key)
                 continue
             if current.get(key, _MISSING) != value:
                 current[key] = value
-                p.dirty = True
+                changed.add(key)
             self.trait_sightings[key] = (infer_type(key, value), at)
+        if changed:
+            p.dirty = True
         email = p.traits.get("email")
         if isinstance(email, str) and email:
             self.set_email(p, email)
@@ -446,6 +449,7 @@ class ProfileBatch:
         if isinstance(name, str) and name[:255] != p.name:
             p.name = name[:255]
             p.dirty = True
+        return changed
 
     def set_audience(self, p: Profile, key: str, member: bool, at: datetime) -> None:
         p.audiences[key] = {"member": member, "updated_at": isoformat(at)}

@@ -40,7 +40,7 @@ from tidings.ingest.wire import (
     normalize,
 )
 from tidings.segments import membership
-from tidings.segments.evaluate import Facts
+from tidings.segments.evaluate import EventRow, Facts
 from tidings.segments.membership import EVERYTHING
 
 log = logging.getLogger(__name__)
@@ -224,8 +224,8 @@ def apply(batch: ProfileBatch, entry: Entry) -> None:
     if email is not None and "email" not in traits and p.traits.get("email") is None:
         traits["email"] = email
     if traits:
-        batch.set_traits(p, traits, msg.received_at)
-        entry.facets.update(("trait", k) for k in traits)
+        changed = batch.set_traits(p, traits, msg.received_at)
+        entry.facets.update(("trait", k) for k in changed)
     p.touch(at, active=active)
     if msg.type == "identify":
         _engage_traits(batch, p, msg, entry)
@@ -410,6 +410,8 @@ def _refresh_segments(
         if id(p) not in known or p.merged_into is not None:
             changed[f.id].add(EVERYTHING)  # new, or merged into another: everything may differ
     group_ids: set[str] = set()
+    # The new events behind the event facets: segments only see an event their conditions count.
+    events: dict[int, list[tuple[Any, EventRow]]] = defaultdict(list)
     for e in entries:
         if e.profile is None or not e.facets:
             continue
@@ -421,6 +423,16 @@ def _refresh_segments(
                 group_ids.add(facet[1])
             else:
                 changed[f.id].add(EVERYTHING if facet == (EVERYTHING,) else facet)
+            if facet[0] in ("event", "page"):
+                msg = e.message
+                assert msg is not None
+                row = EventRow(
+                    timestamp=msg.timestamp,
+                    name=msg.event if msg.type == "track" else msg.name,
+                    properties=msg.properties,
+                    context=msg.context,
+                )
+                events[f.id].append((facet, row))
     for cid in _group_members(session, pid, group_ids):
         changed[cid].add(("group",))
     base = {
@@ -435,7 +447,7 @@ def _refresh_segments(
         for cid, p in live.items()
         if cid in changed
     }
-    membership.refresh(session, project_id=pid, changed=changed, base=base)
+    membership.refresh(session, project_id=pid, changed=changed, base=base, events=events)
 
 
 def _group_members(session: Session, pid: int, group_ids: set[str]) -> list[int]:

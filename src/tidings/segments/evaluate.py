@@ -263,15 +263,26 @@ def page_value(c: EventCond, row: EventRow) -> Any:
     return MISSING
 
 
+def _filters_hold(c: EventCond, row: EventRow, now: datetime) -> bool:
+    """Whether an event of the condition's type and name passes its page test and `where`."""
+    if c.page_test is not None and not test_value(c.page_test, page_value(c, row), now):
+        return False
+    return all(test_value(w.test, lookup(row.properties, w.path), now) for w in c.where)
+
+
 def matching(c: EventCond, facts: Facts, now: datetime) -> list[datetime]:
     """Timestamps of the customer's events that satisfy the condition's filters (not window)."""
-    out = []
-    for row in facts.events.get(event_key(c), ()):
-        if c.page_test is not None and not test_value(c.page_test, page_value(c, row), now):
-            continue
-        if all(test_value(w.test, lookup(row.properties, w.path), now) for w in c.where):
-            out.append(row.timestamp)
-    return out
+    return [
+        row.timestamp for row in facts.events.get(event_key(c), ()) if _filters_hold(c, row, now)
+    ]
+
+
+def counts(c: EventCond, row: EventRow, now: datetime) -> bool:
+    """Whether one event of the condition's type and name changes its summary: it passes the
+    filters and, unless the condition is about recency (first / last of all), the window."""
+    if not _filters_hold(c, row, now):
+        return False
+    return c.recency is not None or _in_window(c, row.timestamp, now)
 
 
 def _in_window(c: EventCond, ts: datetime, now: datetime) -> bool:

@@ -19,7 +19,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +35,7 @@ from tidings.segments.evaluate import (
     EPSILON,
     EventRow,
     Facts,
+    counts,
     date_boundaries,
     event_key,
     holds,
@@ -49,6 +50,7 @@ from tidings.segments.rules import (
     GroupTraitCond,
     Node,
     TagCond,
+    event_facet,
     facets,
     is_timed,
     parse,
@@ -71,6 +73,12 @@ class LiveSegment:
     tree: Node
     facets: frozenset[Facet]
     timed: bool
+    events: tuple[EventCond, ...]  # its event conditions, each once
+
+
+def event_conditions(tree: Node) -> tuple[EventCond, ...]:
+    """The tree's event conditions, each once, in order."""
+    return tuple(dict.fromkeys(c for c in walk(tree) if isinstance(c, EventCond)))
 
 
 # Parsed rules by (id, version, rules): ids can be reused (a test database, SQLite after a delete).
@@ -133,6 +141,7 @@ def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
             trees[r.id],
             facets(trees[r.id]),
             is_timed(trees[r.id]),
+            event_conditions(trees[r.id]),
         )
         for r in rows
         if r.id in trees and r.status != "failed"
@@ -222,6 +231,7 @@ def _load_summaries(
     """Per event condition, its count / first / last for the customers whose segments use it,
     aggregated by the database (with the same filters the full computation compiles)."""
     wanted: dict[EventCond, list[int]] = defaultdict(list)
+    of_tree: dict[int, tuple[EventCond, ...]] = {}
     for cid, trees in per_customer.items():
         f = facts.get(cid)
         if f is None:
@@ -229,8 +239,11 @@ def _load_summaries(
         f.summaries_only = True
         seen: set[EventCond] = set()
         for tree in trees:
-            for c in walk(tree):
-                if isinstance(c, EventCond) and c not in seen:
+            conds = of_tree.get(id(tree))
+            if conds is None:
+                conds = of_tree[id(tree)] = event_conditions(tree)
+            for c in conds:
+                if c not in seen:
                     seen.add(c)
                     wanted[c].append(cid)
     for cond, cid, summary in sql.event_summaries(
@@ -302,25 +315,49 @@ def refresh(
     changed: dict[int, set[Facet | str]],
     base: dict[int, Facts] | None = None,
     source: str = "event",
+    events: dict[int, list[tuple[Facet, EventRow]]] | None = None,
 ) -> int:
     """Re-evaluate the segments each customer's changes can affect; returns memberships changed.
 
-    `changed` maps a customer id to the facets that changed ("*" for everything).
+    `changed` maps a customer id to the facets that changed ("*" for everything). `events`,
+    when given, holds every new event behind a customer's event facets ("event", name) and
+    ("page",): a segment touched through those alone is evaluated only when one of them is an
+    event one of its conditions counts (any other leaves every condition as it was).
     """
     if not changed:
         return 0
     segments = live_segments(session, project_id)
     if not segments:
         return 0
+    now = clock.now()
     pairs: dict[int, list[LiveSegment]] = {}
     for cid, touched in changed.items():
         if EVERYTHING in touched:
             pairs[cid] = segments
-        else:
-            wanted = [s for s in segments if s.facets & touched]
-            if wanted:
-                pairs[cid] = wanted
+            continue
+        new = events.get(cid, []) if events is not None else None
+        wanted = [
+            s
+            for s in segments
+            if (hit := s.facets & touched) and (new is None or _counted(s, hit, new, now))
+        ]
+        if wanted:
+            pairs[cid] = wanted
     return evaluate_pairs(session, project_id=project_id, pairs=pairs, base=base, source=source)
+
+
+def _counted(
+    s: LiveSegment, hit: frozenset[Facet], new: list[tuple[Facet, EventRow]], now: datetime
+) -> bool:
+    """Whether a change can affect the segment: one of its facets other than events changed,
+    or one of the new events is one of its event conditions counts."""
+    if any(f[0] not in ("event", "page") for f in hit):
+        return True
+    for c in s.events:
+        facet = event_facet(c)
+        if facet in hit and any(f == facet and counts(c, row, now) for f, row in new):
+            return True
+    return False
 
 
 def evaluate_pairs(
@@ -415,7 +452,7 @@ def _settle_computing(
         return
     for sid in now_ready:
         s = used[sid]
-        used[sid] = LiveSegment(s.id, s.name, s.version, "ready", s.tree, s.facets, s.timed)
+        used[sid] = replace(s, status="ready")
     for cid, segs in pairs.items():
         pairs[cid] = [used[s.id] if s.id in now_ready else s for s in segs]
 

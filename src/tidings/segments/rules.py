@@ -708,13 +708,18 @@ def resolve(
 Facet = tuple[str, ...]
 
 
+def event_facet(c: EventCond) -> Facet:
+    """The facet a new event of the condition's type and name touches."""
+    return ("event", c.name or "") if c.type == "track" else ("page",)
+
+
 def facets(node: Node) -> frozenset[Facet]:
     out: set[Facet] = set()
     for c in walk(node):
         if isinstance(c, TraitCond):
             out.add(("trait", c.path[0]))
         elif isinstance(c, EventCond):
-            out.add(("event", c.name or "") if c.type == "track" else ("page",))
+            out.add(event_facet(c))
         elif isinstance(c, TagCond):
             out.add(("tag",))
         elif isinstance(c, RevenueCond):
