@@ -22,7 +22,7 @@ from sqlalchemy import Result, text
 from sqlalchemy.orm import Session
 
 from tidings.db.bulk import Bulk, chunks
-from tidings.segments.evaluate import Summary, iso, summary_parts
+from tidings.segments.evaluate import Summary, iso
 from tidings.segments.rules import (
     AT_LEAST_ONCE,
     AudienceCond,
@@ -451,19 +451,6 @@ def count_and_sample(
     return total, list(ids)
 
 
-SUMMARY_GROUP = 64  # conditions per statement
-_SUMMARY_AGGREGATES = ("COUNT(*)", "MIN(e.timestamp)", "MAX(e.timestamp)")
-
-
-def _lower_bound(c: EventCond, now: datetime) -> datetime | None:
-    """The oldest event the condition's summary can count (None: the whole history)."""
-    if c.recency is not None:
-        return None
-    if c.window.days is not None:
-        return now - timedelta(days=c.window.days)
-    return c.window.start
-
-
 def event_summaries(
     session: Session,
     *,
@@ -474,63 +461,26 @@ def event_summaries(
     """(condition, customer_id, summary) of each wanted condition's matching events (all of
     them for a recency condition, else those in its window), for customers with any.
 
-    Each customer's events are read once for a group of conditions, every condition being a
-    FILTERed aggregate over them, and only for the parts of a summary the evaluator reads.
-    Conditions with a window are grouped apart, so their statement reads recent events only.
+    One statement per condition, for the customers that want it: only an event a customer's
+    new data touches makes a segment (and so its conditions) wanted, so each condition is
+    wanted by a few of the chunk's customers, and its statement reads just their events of
+    its type and name (in its window), mostly from the timeline index alone.
     """
     bulk = Bulk(session)
-    for group, since in _summary_groups(list(wanted), now):
-        layout, aggregates = _summary_layout(group)
+    for c, ids in wanted.items():
         q = builder(session, project_id, now)
-        matches = {c: event_match(q, c, window=c.recency is None) for c in group}
-        cols = ", ".join(f"{agg} FILTER (WHERE {matches[c]})" for c, agg in aggregates)
-        types = ", ".join(sorted({f"'{c.type}'" for c in group}))
-        recent = "" if since is None else f" AND e.timestamp >= {q.dt(since)}"
-        # The customers are the project's (their facts were read with its id), and so are
-        # their events: without a project test the index answers for the event alone.
-        for part in chunks(sorted({cid for c in group for cid in wanted[c]})):
+        match = event_match(q, c, window=c.recency is None)
+        for part in chunks(sorted(ids)):
+            # The customers are the project's (their facts were read with its id), and so
+            # are their events: without a project test the index answers for the event alone.
             in_list = ", ".join(str(int(cid)) for cid in part)
             statement = (
-                f"SELECT e.customer_id, {cols} FROM events e WHERE e.customer_id IN ({in_list})"
-                f"{recent} AND e.type IN ({types}) GROUP BY e.customer_id"
+                "SELECT e.customer_id, COUNT(*), MIN(e.timestamp), MAX(e.timestamp) "
+                f"FROM events e WHERE e.customer_id IN ({in_list}) AND {match} "
+                "GROUP BY e.customer_id"
             )
-            for row in run(session, q, statement):
-                for c, n, f, last in layout:
-                    count = row[n] if n else 0
-                    first = row[f] if f else None
-                    at = row[last] if last else None
-                    if count or first is not None or at is not None:
-                        yield c, row[0], Summary(count, bulk.read_dt(first), bulk.read_dt(at))
-
-
-def _summary_groups(
-    conds: list[EventCond], now: datetime
-) -> Iterator[tuple[list[EventCond], datetime | None]]:
-    """The conditions in groups of at most SUMMARY_GROUP, with the oldest event each group
-    needs (None: the whole history); those with a window and those without are kept apart."""
-    bounds = {c: _lower_bound(c, now) for c in conds}
-    windowed = [c for c in conds if bounds[c] is not None]
-    for group in chunks(windowed, SUMMARY_GROUP):
-        yield group, min(b for c in group if (b := bounds[c]) is not None)
-    for group in chunks([c for c in conds if bounds[c] is None], SUMMARY_GROUP):
-        yield group, None
-
-
-def _summary_layout(
-    group: list[EventCond],
-) -> tuple[list[tuple[EventCond, int, int, int]], list[tuple[EventCond, str]]]:
-    """The aggregates a group's statement computes, and per condition the result column of
-    its count, first and last (0: not computed)."""
-    layout: list[tuple[EventCond, int, int, int]] = []
-    aggregates: list[tuple[EventCond, str]] = []
-    for c in group:
-        cols = [0, 0, 0]
-        for i, (agg, needed) in enumerate(zip(_SUMMARY_AGGREGATES, summary_parts(c), strict=True)):
-            if needed:
-                aggregates.append((c, agg))
-                cols[i] = len(aggregates)
-        layout.append((c, cols[0], cols[1], cols[2]))
-    return layout, aggregates
+            for cid, count, first, last in run(session, q, statement):
+                yield c, cid, Summary(count, bulk.read_dt(first), bulk.read_dt(last))
 
 
 GUARD_CHUNK = 5000  # customers per statement testing guards

@@ -297,10 +297,7 @@ def _in_window(c: EventCond, ts: datetime, now: datetime) -> bool:
 @dataclass(frozen=True, slots=True)
 class Summary:
     """A condition's matching events for one customer: how many (in the window), the first
-    and last (of all of them when the condition is about recency, else in the window).
-
-    One computed by the database holds only the parts `summary_parts` names (the others are
-    0 or None): the parts the evaluation below reads."""
+    and last (of all of them when the condition is about recency, else in the window)."""
 
     count: int
     first: datetime | None
@@ -308,14 +305,6 @@ class Summary:
 
 
 NO_EVENTS = Summary(0, None, None)
-
-
-def summary_parts(c: EventCond) -> tuple[bool, bool, bool]:
-    """Which of count, first and last `event_holds` and `_event_boundaries` read for `c`."""
-    if c.recency is not None:
-        first = c.op == "first_performed"
-        return False, first, not first
-    return True, c.window.days is not None, False
 
 
 def summarize(c: EventCond, facts: Facts, now: datetime) -> Summary:
