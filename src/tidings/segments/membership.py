@@ -330,16 +330,21 @@ def refresh(
     if not segments:
         return 0
     now = clock.now()
+    by_facet: dict[Facet | str, list[int]] = defaultdict(list)
+    for i, s in enumerate(segments):
+        for f in s.facets:
+            by_facet[f].append(i)
     pairs: dict[int, list[LiveSegment]] = {}
     for cid, touched in changed.items():
         if EVERYTHING in touched:
             pairs[cid] = segments
             continue
         new = events.get(cid, []) if events is not None else None
+        candidates = sorted({i for f in touched for i in by_facet.get(f, ())})
         wanted = [
             s
-            for s in segments
-            if (hit := s.facets & touched) and (new is None or _counted(s, hit, new, now))
+            for s in map(segments.__getitem__, candidates)
+            if new is None or _counted(s, s.facets & touched, new, now)
         ]
         if wanted:
             pairs[cid] = wanted
