@@ -847,6 +847,7 @@ class Ingested:
     live: float
     changes: int
     statuses: dict[str, int]
+    checkpoint: float  # the final checkpoint, inside `seconds`
 
     @property
     def rate(self) -> float:
@@ -912,6 +913,7 @@ def ingest_run(target: Target, label: str, messages: int, seed: int) -> Ingested
     t0 = time.perf_counter()
     handled = processor.drain(target.db, chunk_size=chunk)
     # The run pays for writing its own pages back to the database file, and for nothing else.
+    t1 = time.perf_counter()
     checkpoint(target.db)
     seconds = time.perf_counter() - t0
     result = Ingested(
@@ -924,12 +926,14 @@ def ingest_run(target: Target, label: str, messages: int, seed: int) -> Ingested
         PROBE.seconds.get("live", 0.0),
         PROBE.results.get("refresh", 0),
         statuses(target, run),
+        t0 + seconds - t1,
     )
     print(
         f"  {label:<34} {result.rate:>7,.0f} msg/s  ({handled:,} messages in {seconds:.1f} s; "
         f"in refresh {result.refresh:.2f} s: facts {result.facts:.2f} s, writes "
         f"{result.write:.2f} s, live_segments {result.live:.2f} s; "
-        f"{result.changes:,} membership changes; {fmt_statuses(result.statuses)})",
+        f"{result.changes:,} membership changes; final checkpoint {result.checkpoint:.2f} s; "
+        f"{fmt_statuses(result.statuses)})",
         flush=True,
     )
     return result
