@@ -43,11 +43,12 @@ from tidings.auth import service as projects
 from tidings.config import Settings
 from tidings.customers import service as customers
 from tidings.customers.models import Customer
+from tidings.customers.traits import normalize_traits
 from tidings.db import Database
 from tidings.ingest.processor import Entry, apply_entries
 from tidings.segments import compile as compiled
 from tidings.segments import evaluate, membership, rules
-from tidings.segments.evaluate import EPSILON, Facts, iso
+from tidings.segments.evaluate import EPSILON, EventRow, Facts, iso
 from tidings.segments.rules import (
     COUNT_KEYS,
     DATE_OPS,
@@ -1130,3 +1131,67 @@ def test_in_a_list_of_several_kinds(db: Database, values: list[Any], expected: s
     assert sql == python == {ids[i] for i in expected}
     negated = both_ways(db, pid, {"trait": "plan", "op": "not_in", "value": values}, NOON)
     assert negated[0] == negated[1] == set(ids) - sql
+
+
+# -- settled trees ------------------------------------------------------------------------------
+
+
+@st.composite
+def event_rows(draw: st.DrawFn, now: datetime) -> dict[tuple[str, str | None], list[EventRow]]:
+    """Any events: tracks of every name and pages, from a year ago to a day ahead."""
+    out: dict[tuple[str, str | None], list[EventRow]] = {}
+    for _ in range(draw(st.integers(0, 6))):
+        at = now + draw(st.sampled_from([-400 * DAY, -31 * DAY, -8 * DAY, -DAY, -HOUR, -US, DAY]))
+        if draw(st.booleans()):
+            key: tuple[str, str | None] = ("track", draw(st.sampled_from(TRACK_NAMES)))
+            row = EventRow(at, key[1], draw(event_properties(now)), {})
+        else:
+            key = ("page", None)
+            page = {"path": draw(st.sampled_from(PATHS)), "url": draw(st.sampled_from(URLS))}
+            row = EventRow(at, draw(st.sampled_from(PAGE_NAMES)), page, {"page": page})
+        out.setdefault(key, []).append(row)
+    return out
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(data=st.data())
+def test_a_settled_tree_keeps_its_answer_whatever_the_events_tags_groups_and_time(
+    data: st.DataObject,
+) -> None:
+    """What `evaluate.settled` decides from the profile alone, `holds` answers with any events,
+    tags and groups, now and at any later time: segment upkeep skips such a segment when only
+    the customer's events changed."""
+    now = data.draw(st.sampled_from(NOWS))
+    tree = rules.parse(data.draw(st.one_of(trees(now), timed_trees(now), timed_leaves(now))))
+    profile = Facts(
+        id=data.draw(st.integers(1, 10**6)),
+        traits=normalize_traits(data.draw(st.fixed_dictionaries(trait_values(now)))),
+        audiences={
+            key: {"member": data.draw(st.booleans())}
+            for key in data.draw(st.lists(st.sampled_from(AUDIENCES), unique=True))
+        },
+        ltv_units=data.draw(st.sampled_from([0, 50_000, 100_000, 105_000, 300_000])),
+        charge_count=data.draw(st.integers(0, 3)),
+        last_charge_at=data.draw(
+            st.none() | st.sampled_from([now - 100 * DAY, now - 8 * DAY, now - HOUR, now + DAY])
+        ),
+    )
+    answer = evaluate.settled(tree, profile, now)
+    if answer is None:
+        return
+    later = now + data.draw(st.sampled_from([timedelta(0), US, HOUR, 8 * DAY, 400 * DAY]))
+    full = Facts(
+        id=profile.id,
+        traits=profile.traits,
+        audiences=profile.audiences,
+        ltv_units=profile.ltv_units,
+        charge_count=profile.charge_count,
+        last_charge_at=profile.last_charge_at,
+        tags=set(data.draw(st.lists(st.sampled_from(TAGS)))),
+        groups=[
+            (gid, data.draw(group_traits(now)))
+            for gid in data.draw(st.lists(st.sampled_from(GROUP_IDS), unique=True))
+        ],
+        events=data.draw(event_rows(now)),
+    )
+    assert evaluate.holds(tree, full, later) is answer

@@ -472,12 +472,23 @@ def test_changes_while_computing_are_rechecked(project: Project) -> None:
 
 
 def test_only_changes_a_segment_can_see_evaluate_it(project: Project) -> None:
-    """An event none of a segment's conditions counts, or a trait sent again unchanged,
-    leaves the segment alone: while it computes, only the customers whose data it reads
-    changed are queued for a recheck."""
+    """An event none of a segment's conditions counts, an event that cannot matter because
+    the profile settles the segment, or a trait sent again unchanged, leaves the segment alone:
+    while it computes, only the customers whose data it reads changed are queued for a
+    recheck."""
     p = project
     now = ms(clock.now())
-    p.send(*(identify(u, {"plan": "pro"}) for u in ("pages", "events", "traits")))
+    p.send(identify("pages", {"plan": "free"}), identify("events", {"plan": "free"}))
+    p.send(identify("traits", {"plan": "pro"}), identify("trial", {"plan": "trial"}))
+    trial_buyers = p.create(
+        "Trial buyers",
+        {
+            "all": [
+                {"trait": "plan", "op": "eq", "value": "trial"},
+                {"event": "Purchased", "op": "performed"},
+            ]
+        },
+    )
     sid = p.create(
         "Docs readers, recent buyers, pro",
         {
@@ -510,6 +521,10 @@ def test_only_changes_a_segment_can_see_evaluate_it(project: Project) -> None:
     p.send(track("events", "Purchased", now - DAY, amount=60))
     p.send(identify("traits", {"plan": "free"}))
     assert p.rechecks(sid) == {p.customer(u) for u in ("pages", "events", "traits")}
+    # Not on a trial, "events" bought in vain for this one; a trial customer's purchase
+    # counts, and so does any change of plan.
+    p.send(track("trial", "Purchased", now, amount=5))
+    assert p.rechecks(trial_buyers) == {p.customer("trial"), p.customer("traits")}
 
 
 def test_changes_during_the_computation_itself_are_rechecked(

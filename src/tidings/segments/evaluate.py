@@ -421,6 +421,43 @@ def _revenue(node: RevenueCond, facts: Facts, now: datetime) -> tuple[bool, Any]
     return ok, (v / 10_000 if node.metric == "lifetime_value" else v)
 
 
+def settled(node: Node, facts: Facts, now: datetime) -> bool | None:
+    """The tree's answer where the profile alone decides it for good, else None.
+
+    Only the profile's own parts count (traits, audiences, revenue, the random bucket): event,
+    tag and group conditions are undecided. A relative date is decided once no boundary lies
+    ahead (signed up more than 7 days ago is never again within the last 7 days). A decided
+    tree keeps its answer whatever the customer's events, until the profile itself changes.
+    """
+    if isinstance(node, Group):
+        values = [settled(c, facts, now) for c in node.children]
+        decisive = node.kind == "any"  # the value that decides the group on its own
+        if decisive in values:
+            return decisive
+        return None if None in values else not decisive
+    if isinstance(node, Not):
+        inner = settled(node.child, facts, now)
+        return None if inner is None else not inner
+    if isinstance(node, SegmentCond):
+        assert node.rules is not None, "segment references must be resolved first"
+        inside = settled(node.rules, facts, now)
+        return None if inside is None else inside == node.inside
+    if isinstance(node, TraitCond):
+        v = lookup(facts.traits, node.path)
+        if date_boundaries(node.test, v, now):
+            return None
+        return test_value(node.test, v, now)
+    if isinstance(node, RevenueCond):
+        if node.metric == "last_charge" and instant_boundaries(
+            node.test, facts.last_charge_at, now
+        ):
+            return None
+        return _revenue(node, facts, now)[0]
+    if isinstance(node, AudienceCond | RandomCond):
+        return _leaf(node, facts, now)[0]
+    return None
+
+
 def next_change(node: Node, facts: Facts, now: datetime) -> datetime | None:
     """The earliest future instant at which time alone may change the tree: a boundary of a
     time-based condition whose guards hold (see `rules.timed_conditions`)."""

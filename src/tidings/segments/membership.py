@@ -41,6 +41,7 @@ from tidings.segments.evaluate import (
     holds,
     instant_boundaries,
     next_change,
+    settled,
 )
 from tidings.segments.models import Segment, SegmentRecheck, SegmentTimer
 from tidings.segments.rules import (
@@ -322,7 +323,8 @@ def refresh(
     `changed` maps a customer id to the facets that changed ("*" for everything). `events`,
     when given, holds every new event behind a customer's event facets ("event", name) and
     ("page",): a segment touched through those alone is evaluated only when one of them is an
-    event one of its conditions counts (any other leaves every condition as it was).
+    event one of its conditions counts (any other leaves every condition as it was), and the
+    profile in `base` does not settle it whatever the events (`evaluate.settled`).
     """
     if not changed:
         return 0
@@ -340,11 +342,12 @@ def refresh(
             pairs[cid] = segments
             continue
         new = events.get(cid, []) if events is not None else None
+        profile = base.get(cid) if base is not None else None
         candidates = sorted({i for f in touched for i in by_facet.get(f, ())})
         wanted = [
             s
             for s in map(segments.__getitem__, candidates)
-            if new is None or _counted(s, s.facets & touched, new, now)
+            if new is None or _counted(s, s.facets & touched, new, profile, now)
         ]
         if wanted:
             pairs[cid] = wanted
@@ -352,16 +355,21 @@ def refresh(
 
 
 def _counted(
-    s: LiveSegment, hit: frozenset[Facet], new: list[tuple[Facet, EventRow]], now: datetime
+    s: LiveSegment,
+    hit: frozenset[Facet],
+    new: list[tuple[Facet, EventRow]],
+    profile: Facts | None,
+    now: datetime,
 ) -> bool:
     """Whether a change can affect the segment: one of its facets other than events changed,
-    or one of the new events is one of its event conditions counts."""
+    or one of the new events is one of its event conditions counts, unless the profile
+    (`profile`, as the chunk left it) settles the segment whatever the events."""
     if any(f[0] not in ("event", "page") for f in hit):
         return True
     for c in s.events:
         facet = event_facet(c)
         if facet in hit and any(f == facet and counts(c, row, now) for f, row in new):
-            return True
+            return profile is None or settled(s.tree, profile, now) is None
     return False
 
 
