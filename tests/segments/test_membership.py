@@ -527,6 +527,62 @@ def test_only_changes_a_segment_can_see_evaluate_it(project: Project) -> None:
     assert p.rechecks(trial_buyers) == {p.customer("trial"), p.customer("traits")}
 
 
+def test_a_new_customer_counts_the_events_of_its_first_chunk(project: Project) -> None:
+    """A customer created by a chunk is evaluated on that chunk's events (its whole history);
+    one it merges into is evaluated on everything stored plus what the chunk brought."""
+    p = project
+    now = ms(clock.now())
+    rules: list[dict[str, Any]] = [
+        {
+            "event": "Purchased",
+            "op": "performed",
+            "count": {"gte": 2},
+            "within_days": 3,
+            "where": [{"property": "amount", "op": "gt", "value": 50}],
+        },
+        {"page": "path", "op": "starts_with", "value": "/docs", "count": {"gte": 2}},
+        {"event": "Opened App", "op": "not_performed"},
+        {"event": "Purchased", "op": "first_performed", "within_days": 1},
+    ]
+    segs = [ready(p, f"first chunk {i}", r) for i, r in enumerate(rules)]
+
+    def page(who: dict[str, str], path: str) -> Message:
+        return {"type": "page", **who, "properties": {"path": path}, "timestamp": iso(now)}
+
+    p.send(track("stored", "Purchased", now - DAY, amount=60))
+    p.send(
+        track("busy", "Purchased", now, amount=60),
+        track("busy", "Purchased", now - DAY / 2, amount=70),
+        page({"userId": "busy"}, "/docs/a"),
+        page({"userId": "busy"}, "/docs/b"),
+        track("busy", "Opened App", now),
+        track("quiet", "Purchased", now - 2 * DAY, amount=60),
+        page({"userId": "quiet"}, "/docs/a"),
+        page({"userId": "quiet"}, "/pricing"),
+        page({"anonymousId": "reader"}, "/docs/x"),
+        page({"anonymousId": "reader"}, "/docs/y"),
+        {
+            "type": "track",
+            "anonymousId": "reader",
+            "event": "Purchased",
+            "properties": {"amount": 60},
+            "timestamp": iso(now),
+        },
+        identify("stored", anonymousId="reader"),
+    )
+    busy, quiet, stored = (p.customer(u) for u in ("busy", "quiet", "stored"))
+    assert [p.members(s) for s in segs] == [
+        {busy, stored},
+        {busy, stored},
+        {quiet, stored},
+        {busy},
+    ]
+    # A full computation of the same definitions agrees.
+    assert [p.members(ready(p, f"again {i}", r)) for i, r in enumerate(rules)] == [
+        p.members(s) for s in segs
+    ]
+
+
 def test_changes_during_the_computation_itself_are_rechecked(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:

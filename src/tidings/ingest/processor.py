@@ -402,11 +402,14 @@ def _refresh_segments(
     """Update the segment memberships the chunk's changes can affect."""
     changed: dict[int, set[Any]] = defaultdict(set)
     live: dict[int, Profile] = {}
+    stored: set[int] = set()  # customers with a history before this chunk
     for p in batch.profiles:
         f = p.final()
         if f.deleted or f.id is None:
             continue
         live[f.id] = f
+        if id(p) in known:
+            stored.add(f.id)
         if id(p) not in known or p.merged_into is not None:
             changed[f.id].add(EVERYTHING)  # new, or merged into another: everything may differ
     group_ids: set[str] = set()
@@ -447,6 +450,18 @@ def _refresh_segments(
         for cid, p in live.items()
         if cid in changed
     }
+    # A customer this chunk created has no history but the chunk's: its events are all here.
+    for p, raw in batch.rows.events:
+        f = p.final()
+        facts = base.get(f.id) if f.id is not None and f.id not in stored else None
+        if facts is None or raw["type"] not in ("track", "page"):
+            continue
+        key = (raw["type"], raw["name"] if raw["type"] == "track" else None)
+        facts.events.setdefault(key, []).append(
+            EventRow(raw["timestamp"], raw["name"], raw["properties"], raw["context"])
+        )
+    for cid, facts in base.items():
+        facts.fresh = cid not in stored
     membership.refresh(session, project_id=pid, changed=changed, base=base, events=events)
 
 

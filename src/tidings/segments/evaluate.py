@@ -71,6 +71,9 @@ class Facts:
     # Or, per event condition, its summary computed by the database (see `summarize`).
     summaries: dict[EventCond, Summary] = field(default_factory=dict)
     summaries_only: bool = False
+    # A customer created by the chunk being processed: `events` is its whole history, and it
+    # has no memberships or timers yet, so there is nothing to read.
+    fresh: bool = False
 
 
 def lookup(obj: Any, path: tuple[str, ...]) -> Any:

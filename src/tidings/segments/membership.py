@@ -75,6 +75,7 @@ class LiveSegment:
     facets: frozenset[Facet]
     timed: bool
     events: tuple[EventCond, ...]  # its event conditions, each once
+    profile_facets: frozenset[Facet] = frozenset()  # its facets other than events and pages
 
 
 def event_conditions(tree: Node) -> tuple[EventCond, ...]:
@@ -143,6 +144,7 @@ def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
             facets(trees[r.id]),
             is_timed(trees[r.id]),
             event_conditions(trees[r.id]),
+            frozenset(f for f in facets(trees[r.id]) if f[0] not in ("event", "page")),
         )
         for r in rows
         if r.id in trees and r.status != "failed"
@@ -324,7 +326,9 @@ def refresh(
     when given, holds every new event behind a customer's event facets ("event", name) and
     ("page",): a segment touched through those alone is evaluated only when one of them is an
     event one of its conditions counts (any other leaves every condition as it was), and the
-    profile in `base` does not settle it whatever the events (`evaluate.settled`).
+    profile in `base` does not settle it whatever the events (`evaluate.settled`). A customer
+    whose facts in `base` are `fresh` (created by this chunk) is evaluated on those facts'
+    events, without reading its events, memberships or timers.
     """
     if not changed:
         return 0
@@ -341,14 +345,18 @@ def refresh(
         if EVERYTHING in touched:
             pairs[cid] = segments
             continue
-        new = events.get(cid, []) if events is not None else None
-        profile = base.get(cid) if base is not None else None
-        candidates = sorted({i for f in touched for i in by_facet.get(f, ())})
-        wanted = [
-            s
-            for s in map(segments.__getitem__, candidates)
-            if new is None or _counted(s, s.facets & touched, new, profile, now)
-        ]
+        candidates = map(
+            segments.__getitem__, sorted({i for f in touched for i in by_facet.get(f, ())})
+        )
+        if events is None:
+            wanted = list(candidates)
+        else:
+            new: dict[Facet, list[EventRow]] = defaultdict(list)
+            for f, row in events.get(cid, ()):
+                new[f].append(row)
+            profile = base.get(cid) if base is not None else None
+            seen: dict[EventCond, bool] = {}
+            wanted = [s for s in candidates if _counted(s, touched, new, seen, profile, now)]
         if wanted:
             pairs[cid] = wanted
     return evaluate_pairs(session, project_id=project_id, pairs=pairs, base=base, source=source)
@@ -356,19 +364,24 @@ def refresh(
 
 def _counted(
     s: LiveSegment,
-    hit: frozenset[Facet],
-    new: list[tuple[Facet, EventRow]],
+    touched: set[Facet | str],
+    new: dict[Facet, list[EventRow]],
+    seen: dict[EventCond, bool],
     profile: Facts | None,
     now: datetime,
 ) -> bool:
     """Whether a change can affect the segment: one of its facets other than events changed,
-    or one of the new events is one of its event conditions counts, unless the profile
-    (`profile`, as the chunk left it) settles the segment whatever the events."""
-    if any(f[0] not in ("event", "page") for f in hit):
+    or one of the new events (by facet) is one its event conditions counts, unless the
+    profile (`profile`, as the chunk left it) settles the segment whatever the events.
+    `seen` remembers, for this customer, whether a condition counts one of the new events."""
+    if not s.profile_facets.isdisjoint(touched):
         return True
     for c in s.events:
-        facet = event_facet(c)
-        if facet in hit and any(f == facet and counts(c, row, now) for f, row in new):
+        hit = seen.get(c)
+        if hit is None:
+            rows = new.get(event_facet(c), ())
+            hit = seen[c] = any(counts(c, row, now) for row in rows)
+        if hit:
             return profile is None or settled(s.tree, profile, now) is None
     return False
 
@@ -386,6 +399,7 @@ def evaluate_pairs(
         return 0
     now = clock.now()
     used = {s.id: s for segs in pairs.values() for s in segs}
+    fresh = {cid for cid, f in (base or {}).items() if f.fresh and cid in pairs}
     _settle_computing(session, used, pairs)
     facts = load_facts(
         session,
@@ -394,10 +408,12 @@ def evaluate_pairs(
         [s.tree for s in used.values()],
         now=now,
         base=base,
-        per_customer={cid: [s.tree for s in segs] for cid, segs in pairs.items()},
+        per_customer={
+            cid: [s.tree for s in segs] for cid, segs in pairs.items() if cid not in fresh
+        },
     )
     bulk = Bulk(session)
-    ids = sorted(facts)
+    ids = sorted(cid for cid in facts if cid not in fresh)
     current: set[tuple[int, int]] = set()
     member_sql = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
     for part in chunks(ids):
