@@ -26,7 +26,7 @@ from tidings.errors import AppError
 from tidings.ingest import service as ingestion
 from tidings.ingest.inbox import ensure_inbox_schema
 from tidings.segments import service as segments
-from tidings.worker.runner import Worker
+from tidings.worker.runner import Worker, settle_heap
 
 app = typer.Typer(help="Tidings: customer profiles from Segment-format data.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -136,6 +136,7 @@ def serve(
     # Links in emails point here unless TIDINGS_PUBLIC_URL says otherwise.
     settings = settings.model_copy(update={"host": host, "port": port})
     application = create_app(settings, worker=not no_worker)
+    settle_heap()
     uvicorn.run(
         application,
         host=host,
@@ -171,6 +172,7 @@ def worker() -> None:
     _check_smtp_url(db.settings.smtp_url)
     ensure_inbox_schema(db)
     w = Worker(db)
+    settle_heap()
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     console.print(f"Worker {w.name} started.")
     sys.stdout.flush()  # supervisors wait for this line
