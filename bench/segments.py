@@ -1036,7 +1036,20 @@ def run_target(target: Target, args: argparse.Namespace, *, families: bool, inge
         bench_families(target)
     if ingest:
         add_live_segments(target, LIVE_SEGMENTS)
+        refresh_statistics(target)
         bench_ingest(target, args.messages, baseline)
+
+
+def refresh_statistics(target: Target) -> None:
+    """Planner statistics for the tables the computations just filled, as a running system
+    has them soon after: autovacuum's ANALYZE on PostgreSQL, the worker's periodic
+    `PRAGMA optimize` on SQLite. Without them PostgreSQL plans the segment tables as empty."""
+    with target.db.session(write=True) as s:
+        if target.name == "PostgreSQL":
+            for table in ("segment_members", "segment_changes", "segment_timers", "segments"):
+                s.execute(text(f"ANALYZE {table}"))
+        else:
+            s.execute(text("PRAGMA optimize"))
 
 
 def main() -> None:
