@@ -1024,6 +1024,9 @@ def run_target(target: Target, args: argparse.Namespace, *, families: bool, inge
     for note in target.notes:
         print(f"{target.name}: {note}")
     settle_heap()  # as `tidings worker` and `tidings serve` do when they start
+    # The previous target's files (a 1 GB working copy and its log) may still be on their way
+    # to disk: that writeback would slow this target's own flushes.
+    os.sync()
     baseline = None
     if ingest:
         print(
@@ -1043,7 +1046,7 @@ def run_target(target: Target, args: argparse.Namespace, *, families: bool, inge
 def refresh_statistics(target: Target) -> None:
     """Planner statistics for the tables the computations just filled, as a running system
     has them soon after: autovacuum's ANALYZE on PostgreSQL, the worker's periodic
-    `PRAGMA optimize` on SQLite. Without them PostgreSQL plans the segment tables as empty."""
+    `PRAGMA optimize` on SQLite."""
     with target.db.session(write=True) as s:
         if target.name == "PostgreSQL":
             for table in ("segment_members", "segment_changes", "segment_timers", "segments"):

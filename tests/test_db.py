@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from tests.cli_support import scratch_database
 from tidings.config import Settings
 from tidings.db import Database
+from tidings.db.bulk import Bulk
 
 ORPHAN = "INSERT INTO customer_tags (customer_id, tag, project_id) VALUES (999999, 'x', 1)"
 
@@ -64,3 +65,23 @@ def test_sqlite_checkpoints_the_main_file_in_larger_steps_than_the_inbox(tmp_pat
     finally:
         database.dispose()
     assert (main, inbox) == (40_000, 10_000)
+
+
+def test_postgresql_plans_each_execution_for_its_own_values(db: Database, backend: str) -> None:
+    """A bulk statement run again and again on one connection (psycopg prepares it) is planned
+    for its parameters every time, never with a generic plan that can read a whole table."""
+    if backend == "sqlite":
+        pytest.skip("SQLite keeps no plans between executions")
+    sql = "SELECT message_id FROM ingest_messages WHERE project_id = {m}"
+    with db.session() as session:
+        bulk = Bulk(session)
+        for i in range(12):
+            bulk.select_in(sql, "message_id", [f"m{i}", f"m{i + 1}", f"m{i + 2}"], (1,))
+        generic, custom = session.execute(
+            text(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE 'SELECT message_id FROM ingest_messages%'"
+            )
+        ).one()
+    assert generic == 0
+    assert custom >= 5

@@ -78,6 +78,11 @@ def _make_engine(url: str, *, synchronous: str, autocheckpoint: int) -> Engine:
     kwargs["pool_size"] = 10
     kwargs["max_overflow"] = 20
     kwargs["pool_pre_ping"] = True
+    # psycopg prepares a statement once a connection has run it five times, and PostgreSQL
+    # may then switch it to a generic plan made without the parameters' values. For the
+    # bulk statements here (an IN list of 500 message ids, a chunk's customers) such a plan
+    # can read the whole table: every execution is planned for its own values instead.
+    kwargs["connect_args"] = {"options": "-c plan_cache_mode=force_custom_plan"}
     return create_engine(url, **kwargs)
 
 
