@@ -75,7 +75,7 @@ class LiveSegment:
     facets: frozenset[Facet]
     timed: bool
     events: tuple[EventCond, ...]  # its event conditions, each once
-    profile_facets: frozenset[Facet] = frozenset()  # its facets other than events and pages
+    profile_facets: frozenset[Facet]  # its facets other than events and pages
 
 
 def event_conditions(tree: Node) -> tuple[EventCond, ...]:
