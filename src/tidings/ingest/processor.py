@@ -31,7 +31,7 @@ from tidings.db import Database, table_of
 from tidings.db.bulk import Bulk, chunks
 from tidings.db.upsert import upsert
 from tidings.ingest.log import redact_customer
-from tidings.ingest.models import InboxItem, IngestMessage, IngestStats, Lease
+from tidings.ingest.models import InboxItem, IngestStats, Lease
 from tidings.ingest.wire import (
     InvalidMessage,
     Message,
@@ -315,18 +315,14 @@ def _policies(session: Session, project_ids: Iterable[int]) -> dict[int, Policy]
 
 
 def _known_ids(session: Session, project_id: int, message_ids: Sequence[str]) -> set[str]:
-    table = table_of(IngestMessage)
-    known: set[str] = set()
-    for start in range(0, len(message_ids), 500):
-        part = message_ids[start : start + 500]
-        known.update(
-            session.execute(
-                select(table.c.message_id).where(
-                    table.c.project_id == project_id, table.c.message_id.in_(part)
-                )
-            ).scalars()
-        )
-    return known
+    """Which of these message ids the project's message log already holds."""
+    bulk = Bulk(session)
+    sql = "SELECT message_id FROM ingest_messages WHERE project_id = {m}"
+    return {
+        row[0]
+        for part in chunks(message_ids)
+        for row in bulk.select_in(sql, "message_id", part, (project_id,))
+    }
 
 
 def apply_entries(session: Session, entries: list[Entry]) -> dict[int, dict[str, int]]:
