@@ -409,8 +409,6 @@ def _refresh_segments(
         if id(p) not in known or p.merged_into is not None:
             changed[f.id].add(EVERYTHING)  # new, or merged into another: everything may differ
     group_ids: set[str] = set()
-    # The new events behind the event facets: segments only see an event their conditions count.
-    events: dict[int, list[tuple[Any, EventRow]]] = defaultdict(list)
     for e in entries:
         if e.profile is None or not e.facets:
             continue
@@ -422,16 +420,6 @@ def _refresh_segments(
                 group_ids.add(facet[1])
             else:
                 changed[f.id].add(EVERYTHING if facet == (EVERYTHING,) else facet)
-            if facet[0] in ("event", "page"):
-                msg = e.message
-                assert msg is not None
-                row = EventRow(
-                    timestamp=msg.timestamp,
-                    name=msg.event if msg.type == "track" else msg.name,
-                    properties=msg.properties,
-                    context=msg.context,
-                )
-                events[f.id].append((facet, row))
     for cid in _group_members(session, pid, group_ids):
         changed[cid].add(("group",))
     base = {
@@ -446,16 +434,23 @@ def _refresh_segments(
         for cid, p in live.items()
         if cid in changed
     }
-    # A customer this chunk created has no history but the chunk's: its events are all here.
+    # The chunk's new events: a stored customer's behind its event facets (segments only see
+    # an event their conditions count); a customer this chunk created has no history but the
+    # chunk's, so its events are all here.
+    events: dict[int, list[tuple[Any, EventRow]]] = defaultdict(list)
     for p, raw in batch.rows.events:
+        kind = raw["type"]
         f = p.final()
-        facts = base.get(f.id) if f.id is not None and f.id not in stored else None
-        if facts is None or raw["type"] not in ("track", "page"):
+        if kind not in ("track", "page") or f.deleted or f.id is None:
             continue
-        key = (raw["type"], raw["name"] if raw["type"] == "track" else None)
-        facts.events.setdefault(key, []).append(
-            EventRow(raw["timestamp"], raw["name"], raw["properties"], raw["context"])
-        )
+        row = EventRow(raw["timestamp"], raw["name"], raw["properties"], raw["context"])
+        if f.id in stored:
+            events[f.id].append(
+                (("event", raw["name"] or "") if kind == "track" else ("page",), row)
+            )
+        else:
+            key = (kind, raw["name"] if kind == "track" else None)
+            base[f.id].events.setdefault(key, []).append(row)
     for cid, facts in base.items():
         facts.fresh = cid not in stored
     membership.refresh(session, project_id=pid, changed=changed, base=base, events=events)
