@@ -930,3 +930,138 @@ def test_a_change_committed_just_after_the_computation_is_not_lost(
     x = p.customer("x")
     assert p.members(sid) == {x}, "x has plan pro but is not a member"
     assert p.rechecks(sid) == set()
+
+
+# -- rows that go with their customer or segment ----------------------------------------------
+
+# Events, members, history and timers have no foreign keys: Tidings removes them itself.
+DEPENDENT = {
+    "events": ("customer_id", None),
+    "segment_members": ("customer_id", "segment_id"),
+    "segment_changes": ("customer_id", "segment_id"),
+    "segment_timers": ("customer_id", "segment_id"),
+}
+
+
+def orphans(db: Database) -> dict[str, int]:
+    """Rows, in the whole database, whose customer or segment no longer exists."""
+    found: dict[str, int] = {}
+    with db.session() as session:
+        for table, (customer, segment) in DEPENDENT.items():
+            gone = f"NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = t.{customer})"
+            if segment is not None:
+                gone += f" OR NOT EXISTS (SELECT 1 FROM segments s WHERE s.id = t.{segment})"
+            n = session.execute(text(f"SELECT count(*) FROM {table} t WHERE {gone}")).scalar_one()
+            if n:
+                found[table] = int(n)
+    return found
+
+
+def rows_of(db: Database, column: str, value: int) -> dict[str, int]:
+    """How many rows of each dependent table refer to this customer or segment."""
+    found: dict[str, int] = {}
+    with db.session() as session:
+        for table, (customer, segment) in DEPENDENT.items():
+            key = customer if column == "customer" else segment
+            if key is None:
+                continue
+            n = session.execute(
+                text(f"SELECT count(*) FROM {table} WHERE {key} = :v"),
+                {"v": value},
+            ).scalar_one()
+            if n:
+                found[table] = int(n)
+    return found
+
+
+def test_erased_merged_and_deleted_leave_no_rows(project: Project) -> None:
+    """A customer erased (a delete message, or the API) or merged away, and a deleted segment,
+    take their events, memberships, history and timers with them."""
+    from tidings.ingest import service as ingestion
+
+    p = project
+    now = clock.now()
+    active = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
+    pro = ready(p, "Pro", {"trait": "plan", "op": "eq", "value": "pro"})
+    for user in ("erased", "by-api", "known"):
+        p.send(identify(user, {"plan": "pro"}), track(user, "Signed In", now))
+    p.send(
+        {"type": "identify", "anonymousId": "visitor", "traits": {"plan": "pro"}},
+        {"type": "track", "anonymousId": "visitor", "event": "Signed In", "timestamp": iso(now)},
+    )
+    with p.db.session() as session:
+        visitor = session.scalars(
+            select(AnonymousId.customer_id).where(
+                AnonymousId.project_id == p.id, AnonymousId.anonymous_id == "visitor"
+            )
+        ).one()
+    erased, by_api, known = (p.customer(u) for u in ("erased", "by-api", "known"))
+    for cid in (erased, by_api, visitor):
+        # Each has events, two memberships, their history and a timer before it goes.
+        assert set(rows_of(p.db, "customer", cid)) == set(DEPENDENT), cid
+
+    p.send({"type": "delete", "userId": "erased"})
+    with p.db.session(write=True) as session:
+        ingestion.erase_customer(session, project_id=p.id, customer_id=by_api)
+    p.send({"type": "alias", "userId": "known", "previousId": "visitor"})  # merged away
+    for cid in (erased, by_api, visitor):
+        assert rows_of(p.db, "customer", cid) == {}, cid
+    assert p.members(pro) == p.members(active) == {known}
+    assert p.segment(pro).member_count == p.segment(active).member_count == 1
+
+    assert set(rows_of(p.db, "segment", active)) == set(DEPENDENT) - {"events"}
+    with p.db.session(write=True) as session:
+        segments.delete(session, project_id=p.id, segment_id=active)
+    assert rows_of(p.db, "segment", active) == {}
+    assert p.members(pro) == {known}
+    assert orphans(p.db) == {}
+
+
+@pytest.mark.parametrize("goes", ["customer", "segment"])
+def test_a_deletion_waits_for_a_writer_holding_what_it_deletes(
+    project: Project, backend: str, goes: str
+) -> None:
+    """A transaction re-evaluates a membership while another deletes its customer (or its
+    segment): the deletion waits for the writer, then removes what it wrote. The writer only
+    moves a timer here (no entry or exit, so no member or count row of its own to conflict on).
+
+    SQLite runs one writer at a time, so the two cannot overlap there.
+    """
+    if backend != "postgres":
+        pytest.skip("SQLite runs one writer at a time: this interleaving cannot happen")
+    from tidings.ingest import service as ingestion
+
+    p = project
+    sid = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
+    t0 = ms(clock.now()) - DAY
+    p.send(identify("x"), track("x", "Signed In", t0))
+    x = p.customer("x")
+    assert p.timers(sid) == {x: t0 + 7 * DAY + MS}
+    with p.db.session(write=True) as session:  # a later sign-in, not yet evaluated
+        session.execute(
+            text("UPDATE events SET timestamp = :t WHERE customer_id = :x AND name = 'Signed In'"),
+            {"t": t0.replace(tzinfo=None) + DAY, "x": x},
+        )
+
+    def delete() -> None:
+        with p.db.session(write=True) as session:
+            if goes == "customer":
+                ingestion.erase_customer(session, project_id=p.id, customer_id=x)
+            else:
+                segments.delete(session, project_id=p.id, segment_id=sid)
+
+    deletion = threading.Thread(target=delete)
+    with p.db.session(write=True) as session:
+        seg = next(s for s in membership.live_segments(session, p.id) if s.id == sid)
+        changed = membership.evaluate_pairs(
+            session, project_id=p.id, pairs={x: [seg]}, source="time"
+        )
+        assert changed == 0  # still a member: only the timer moves
+        deletion.start()
+        deletion.join(timeout=3)
+        assert deletion.is_alive(), "the deletion did not wait for the writer"
+    deletion.join(timeout=60)
+    assert not deletion.is_alive()
+    gone = x if goes == "customer" else sid
+    assert rows_of(p.db, goes, gone) == {}
+    assert orphans(p.db) == {}

@@ -28,6 +28,7 @@ from tidings.customers.models import (
     AnonymousId,
     Customer,
     CustomerGroup,
+    Event,
     EventCatalog,
     Group,
     TraitCatalog,
@@ -178,7 +179,7 @@ class ProfileBatch:
         ]
         for column, values in wanted:
             for part in chunks(values):
-                for row in bulk.select_in(_PROFILE_SQL, column, part, (pid,), lock=True):
+                for row in bulk.select_in(_PROFILE_SQL, column, part, (pid,), lock="NO KEY UPDATE"):
                     if row[0] not in seen:
                         seen[row[0]] = self._adopt(bulk, row)
         for alias, cid in alias_of.items():
@@ -203,7 +204,9 @@ class ProfileBatch:
         """Fetch customers by Tidings id (API edits go through the same write path)."""
         bulk = Bulk(session)
         for part in chunks(customer_ids):
-            for row in bulk.select_in(_PROFILE_SQL, "id", part, (self.project_id,), lock=True):
+            for row in bulk.select_in(
+                _PROFILE_SQL, "id", part, (self.project_id,), lock="NO KEY UPDATE"
+            ):
                 self._adopt(bulk, row)
 
     def _adopt(self, bulk: Bulk, row: tuple[Any, ...]) -> Profile:
@@ -500,6 +503,11 @@ class ProfileBatch:
         if self.rows.deletes:
             for part in chunks(self.rows.deletes):
                 session.execute(delete(Customer).where(Customer.id.in_(part)))
+        # Events have no foreign key (see Event): a deleted customer's go after it, once the
+        # deletion has waited for any writer holding the customer (a merge moved its own).
+        gone = [*self.rows.deletes, *(src for src, _ in self.rows.merges)]
+        for part in chunks(gone):
+            session.execute(delete(Event).where(Event.customer_id.in_(part)))
         self._update_dirty(bulk)
         self._insert_aliases(session)
         self._insert_timeline(bulk)

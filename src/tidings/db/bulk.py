@@ -98,23 +98,42 @@ class Bulk:
         values: Sequence[Any],
         params: Sequence[Any] = (),
         *,
-        lock: bool = False,
+        lock: str | None = None,
     ) -> list[tuple[Any, ...]]:
         """Run `sql` (which ends in a WHERE clause) with `AND column IN (values)` appended;
-        `sql` uses `{m}` for its own placeholders. `lock` takes row locks on PostgreSQL (SQLite
-        writers already hold the database lock), so a read-modify-write loses no update."""
+        `sql` uses `{m}` for its own placeholders. `lock` ("NO KEY UPDATE", "KEY SHARE") takes
+        row locks of that strength on PostgreSQL (SQLite writers already hold the database
+        lock): with NO KEY UPDATE a read-modify-write loses no update, with KEY SHARE the rows
+        cannot be deleted before this transaction ends (and the two do not block each other)."""
         if not values:
             return []
-        marks = ", ".join([self.mark] * len(values))
-        query = sql.format(m=self.mark) + f" AND {column} IN ({marks})"
-        if lock and self.postgres:
-            query += " FOR UPDATE"
+        query = self._in(sql, column, values)
+        if lock is not None and self.postgres:
+            query += f" FOR {lock}"
         cur = self._cursor()
         try:
             cur.execute(query, (*params, *values))
             return list(cur.fetchall())
         finally:
             cur.close()
+
+    def execute_in(
+        self, sql: str, column: str, values: Sequence[Any], params: Sequence[Any] = ()
+    ) -> int:
+        """Run `sql` (an UPDATE or DELETE ending in a WHERE clause) with `AND column IN
+        (values)` appended, as `select_in` does; the number of rows it changed."""
+        if not values:
+            return 0
+        cur = self._cursor()
+        try:
+            cur.execute(self._in(sql, column, values), (*params, *values))
+            return int(cur.rowcount)
+        finally:
+            cur.close()
+
+    def _in(self, sql: str, column: str, values: Sequence[Any]) -> str:
+        marks = ", ".join([self.mark] * len(values))
+        return sql.format(m=self.mark) + f" AND {column} IN ({marks})"
 
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run `sql` (with `{m}` for its placeholders) and return its rows."""

@@ -372,10 +372,10 @@ def _apply_project(
         except Exception as exc:  # one bad message must not stop the rest
             log.exception("message failed", extra={"project": pid, "message_id": e.message_id})
             e.status, e.reason = "failed", f"{type(exc).__name__}: {exc}"
+    batch.flush(session)
     membership.forget(
         session, sorted({*batch.rows.deletes, *(src for src, _ in batch.rows.merges)})
     )
-    batch.flush(session)
     _refresh_segments(session, pid, batch, fresh, known_before)
     if batch.rows.deletes:
         redact_customer(session, project_id=pid, customer_ids=batch.rows.deletes)

@@ -86,8 +86,8 @@ def _message_out(m: IngestMessage) -> MessageOut:
 def erase_customer(session: Session, *, project_id: int, customer_id: int) -> None:
     """Erase a customer everywhere: profile, events, charges, tags, memberships, message log."""
     customers.get_or_raise(session, project_id=project_id, customer_id=customer_id)
-    membership.forget(session, [customer_id])
     customers.erase(session, project_id=project_id, customer_id=customer_id)
+    membership.forget(session, [customer_id])
     redact_customer(session, project_id=project_id, customer_ids=[customer_id])
 
 

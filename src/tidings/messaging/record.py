@@ -160,12 +160,16 @@ def timeline(
         return
     bulk = Bulk(session)
     info: dict[int, tuple[Any, ...]] = {}
+    # The customers are held until the transaction ends: events have no foreign key, and a
+    # customer deleted meanwhile takes its events only once this has committed.
     for part in chunks(sorted({mid for mid, _, _ in items})):
         for row in bulk.select_in(
-            "SELECT id, project_id, customer_id, sender, template_id, topic, subject, "
-            "transactional FROM messages WHERE 1 = 1",
-            "id",
+            "SELECT m.id, m.project_id, m.customer_id, m.sender, m.template_id, m.topic, "
+            "m.subject, m.transactional FROM messages m "
+            "JOIN customers c ON c.id = m.customer_id WHERE 1 = 1",
+            "m.id",
             part,
+            lock="KEY SHARE OF c",
         ):
             info[int(row[0])] = row
     at = bulk.dt(now)

@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 
 EVERYTHING = "*"
 WRITE_BATCH = 20_000
+# A computation's writes key-share lock their segment (PostgreSQL): a deletion waits for them,
+# then removes what they wrote (`drop_segment`).
+HOLD = {"read": True, "key_share": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,12 +170,15 @@ def load_facts(
     now: datetime,
     base: dict[int, Facts] | None = None,
     per_customer: dict[int, list[Node]] | None = None,
+    hold: bool = False,
 ) -> dict[int, Facts]:
     """Everything the trees can look at, for these customers, in a few queries.
 
     Event conditions get the customers' events (the reference evaluator derives everything
     from them) or, given `per_customer` (the trees each customer is evaluated against), one
     aggregate per condition from the database: far less to read and decode per chunk.
+    `hold` locks the customers read (not those in `base`, which the caller holds) until the
+    transaction ends, for a caller that writes rows for them: none can be deleted meanwhile.
     """
     bulk = Bulk(session)
     ids = sorted(set(customer_ids))
@@ -189,7 +195,7 @@ def load_facts(
     )
     for part in chunks(missing):
         for cid, traits, audiences, ltv, count, last in bulk.select_in(
-            profile_sql, "id", part, (project_id,)
+            profile_sql, "id", part, (project_id,), lock="KEY SHARE" if hold else None
         ):
             facts[cid] = Facts(
                 id=cid,
@@ -400,7 +406,7 @@ def evaluate_pairs(
     now = clock.now()
     used = {s.id: s for segs in pairs.values() for s in segs}
     fresh = {cid for cid, f in (base or {}).items() if f.fresh and cid in pairs}
-    _settle_computing(session, used, pairs)
+    _hold_segments(session, used, pairs)
     facts = load_facts(
         session,
         project_id,
@@ -411,6 +417,7 @@ def evaluate_pairs(
         per_customer={
             cid: [s.tree for s in segs] for cid, segs in pairs.items() if cid not in fresh
         },
+        hold=True,
     )
     bulk = Bulk(session)
     ids = sorted(cid for cid in facts if cid not in fresh)
@@ -460,30 +467,43 @@ def evaluate_pairs(
     return len(changes)
 
 
-def _settle_computing(
+def _hold_segments(
     session: Session, used: dict[int, LiveSegment], pairs: dict[int, list[LiveSegment]]
 ) -> None:
-    """On PostgreSQL, wait for a computation that is finishing and see its outcome.
+    """On PostgreSQL, lock the segments about to be evaluated until the transaction ends, leave
+    out any deleted meanwhile, and see the outcome of a computation that is finishing.
 
-    A segment read as "computing" is share-locked: the computation's last step locks it for
-    update, so either it has not started (our recheck rows will be seen by it) or it has
-    committed (the segment is ready and we evaluate it normally), never in between.
+    Every segment is key-share locked: a deletion waits for this transaction, then removes the
+    rows it writes (`drop_segment`). A segment read as "computing" is share-locked: the
+    computation's last step locks it for update, so either it has not started (our recheck
+    rows will be seen by it) or it has committed (the segment is ready and we evaluate it
+    normally), never in between.
     """
-    computing = sorted(sid for sid, s in used.items() if s.status == "computing")
-    if not computing or session.get_bind().dialect.name != "postgresql":
+    if not used or session.get_bind().dialect.name != "postgresql":
         return
     t = table_of(Segment)
-    rows = session.execute(
-        select(t.c.id, t.c.status).where(t.c.id.in_(computing)).with_for_update(read=True)
-    ).all()
-    now_ready = {r.id for r in rows if r.status == "ready"}
-    if not now_ready:
+    computing = sorted(sid for sid, s in used.items() if s.status == "computing")
+    ready = sorted(sid for sid in used if sid not in computing)
+    present: set[int] = set()
+    now_ready: set[int] = set()
+    if ready:
+        held = select(t.c.id).where(t.c.id.in_(ready))
+        present.update(session.execute(held.with_for_update(read=True, key_share=True)).scalars())
+    if computing:
+        rows = session.execute(
+            select(t.c.id, t.c.status).where(t.c.id.in_(computing)).with_for_update(read=True)
+        ).all()
+        present.update(r.id for r in rows)
+        now_ready = {r.id for r in rows if r.status == "ready"}
+    gone = set(used) - present
+    if not gone and not now_ready:
         return
+    for sid in gone:
+        del used[sid]
     for sid in now_ready:
-        s = used[sid]
-        used[sid] = replace(s, status="ready")
+        used[sid] = replace(used[sid], status="ready")
     for cid, segs in pairs.items():
-        pairs[cid] = [used[s.id] if s.id in now_ready else s for s in segs]
+        pairs[cid] = [used[s.id] for s in segs if s.id in used]
 
 
 def apply_changes(
@@ -580,8 +600,12 @@ def _write_timers(
 
 
 def forget(session: Session, customer_ids: list[int]) -> None:
-    """Before customers are deleted (erased or merged away): their memberships leave the
-    counts. The rows themselves go with the customer (ON DELETE CASCADE)."""
+    """After customers are deleted (erased or merged away): their memberships leave the counts,
+    and their members, history and timers rows go (those tables have no foreign keys).
+
+    Called after the customers' rows are deleted: on PostgreSQL that deletion waits for any
+    writer holding one of them (`evaluate_pairs` locks the customers it writes for), so what
+    such a writer added is seen and removed here."""
     if not customer_ids:
         return
     bulk = Bulk(session)
@@ -593,6 +617,19 @@ def forget(session: Session, customer_ids: list[int]) -> None:
     t = table_of(Segment)
     for sid, n in delta.items():
         session.execute(update(t).where(t.c.id == sid).values(member_count=t.c.member_count - n))
+    for table in ("segment_members", "segment_changes", "segment_timers"):
+        for part in chunks(customer_ids):
+            bulk.execute_in(f"DELETE FROM {table} WHERE 1 = 1", "customer_id", part)  # noqa: S608
+
+
+def drop_segment(session: Session, segment_id: int) -> None:
+    """After a segment is deleted: its members, history and timers rows go (no foreign keys;
+    on PostgreSQL the deletion waited for any writer holding the segment, as in `forget`)."""
+    for table in ("segment_members", "segment_changes", "segment_timers"):
+        session.execute(
+            text(f"DELETE FROM {table} WHERE segment_id = :s"),  # noqa: S608
+            {"s": segment_id},
+        )
 
 
 # -- time flips -------------------------------------------------------------------------------
@@ -679,7 +716,7 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
     # Bulk writes: each checks that its segment and customers still exist, in its transaction.
     for part in chunks(changes, WRITE_BATCH):
         with db.session(write=True, bulk=True) as session:
-            seg = session.get(Segment, segment_id)
+            seg = session.get(Segment, segment_id, with_for_update=HOLD)
             if seg is None or seg.version != version:
                 return
             _enter(session, pid, segment_id, [cid for cid, entered in part if entered], now)
@@ -745,6 +782,8 @@ def _enter(
     bulk = Bulk(session)
     listed, param = bulk.id_set(ids)
     customers = f"FROM customers c WHERE c.project_id = {{m}} AND c.id IN ({listed})"
+    if bulk.postgres:
+        customers += " FOR KEY SHARE OF c"  # none can be deleted before this commits
     at = bulk.dt(now)
     bulk.execute(
         "INSERT INTO segment_members (segment_id, customer_id, entered_at) "
@@ -759,12 +798,13 @@ def _enter(
 
 
 def _existing(session: Session, project_id: int, ids: list[int]) -> set[int]:
-    """The ids among `ids` of the project's customers that still exist."""
+    """The ids among `ids` of the project's customers that still exist (held until the
+    transaction ends: rows written for them cannot outlive them)."""
     bulk = Bulk(session)
     out: set[int] = set()
     sql = "SELECT id FROM customers WHERE project_id = {m}"
     for part in chunks(ids):
-        out.update(r[0] for r in bulk.select_in(sql, "id", part, (project_id,)))
+        out.update(r[0] for r in bulk.select_in(sql, "id", part, (project_id,), lock="KEY SHARE"))
     return out
 
 
@@ -777,7 +817,7 @@ def _replace_timers(
     parts = list(chunks(sorted(due.items()), WRITE_BATCH)) or [[]]
     for n, part in enumerate(parts):
         with db.session(write=True, bulk=True) as session:
-            seg = session.get(Segment, segment_id)
+            seg = session.get(Segment, segment_id, with_for_update=HOLD)
             if seg is None or seg.version != version:
                 return False
             if n == 0:
@@ -793,7 +833,8 @@ def _replace_timers(
             bulk.execute(
                 "INSERT INTO segment_timers (segment_id, customer_id, project_id, due_at) "  # noqa: S608
                 f"SELECT {{m}}, c.id, {{m}}, r.c1 FROM ({listed}) r "
-                "JOIN customers c ON c.project_id = {m} AND c.id = r.c0",
+                "JOIN customers c ON c.project_id = {m} AND c.id = r.c0"
+                + (" FOR KEY SHARE OF c" if bulk.postgres else ""),
                 (segment_id, project_id, *params, project_id),
             )
     return True

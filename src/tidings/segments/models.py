@@ -40,16 +40,18 @@ class Segment(Base):
     computed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+# Members, changes and timers take rows with every processed message that changes a membership:
+# they have no foreign keys (a per-row check costs more than the write on PostgreSQL). Their rows
+# go with their customer or segment in `membership.forget` and `service.delete`, and writers lock
+# the customers and segments they write for (see `membership.evaluate_pairs`).
+
+
 class SegmentMember(Base):
     __tablename__ = "segment_members"
     __table_args__ = (Index("ix_segment_members_customer", "customer_id"),)
 
-    segment_id: Mapped[int] = mapped_column(
-        ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
-    )
-    customer_id: Mapped[int] = mapped_column(
-        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
-    )
+    segment_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    customer_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
     entered_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -64,8 +66,8 @@ class SegmentChange(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     project_id: Mapped[int] = mapped_column(Integer)
-    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id", ondelete="CASCADE"))
-    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    segment_id: Mapped[int] = mapped_column(Integer)
+    customer_id: Mapped[int] = mapped_column(BigId)
     change: Mapped[str] = mapped_column(String(8))  # entered | exited
     source: Mapped[str] = mapped_column(String(10))  # event | edit | time | compute
     at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -80,12 +82,8 @@ class SegmentTimer(Base):
         Index("ix_segment_timers_customer", "customer_id"),
     )
 
-    segment_id: Mapped[int] = mapped_column(
-        ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
-    )
-    customer_id: Mapped[int] = mapped_column(
-        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
-    )
+    segment_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    customer_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
     project_id: Mapped[int] = mapped_column(Integer)
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

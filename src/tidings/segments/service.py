@@ -22,7 +22,7 @@ from tidings.errors import BadRequest, Conflict, NotFound
 from tidings.segments import compile as sql
 from tidings.segments.evaluate import explain as explain_tree
 from tidings.segments.evaluate import holds
-from tidings.segments.membership import load_facts, parsed_trees, resolved_trees
+from tidings.segments.membership import drop_segment, load_facts, parsed_trees, resolved_trees
 from tidings.segments.models import Segment, SegmentChange, SegmentMember
 from tidings.segments.rules import InvalidDefinition, Node, parse, referenced_segments, resolve
 from tidings.segments.schemas import (
@@ -327,6 +327,7 @@ def delete(session: Session, *, project_id: int, segment_id: int) -> None:
         )
     session.delete(seg)
     session.flush()
+    drop_segment(session, segment_id)
 
 
 # -- preview and explain ----------------------------------------------------------------------
