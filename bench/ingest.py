@@ -10,7 +10,10 @@
 on SQLite and, with --postgres-url (or TIDINGS_BENCH_POSTGRES_URL), on PostgreSQL.
 A realistic mix: 20% identify, 60% track, 20% page; 10,000 distinct users.
 
-    python bench/ingest.py [--seconds 10] [--backend sqlite|postgres|both]
+    python bench/ingest.py [--seconds 10] [--backend sqlite|postgres|both] [--keep]
+
+Each run works in a database of its own (a temporary SQLite file, a new PostgreSQL database),
+removed at the end unless --keep.
 """
 
 from __future__ import annotations
@@ -330,14 +333,17 @@ def bench_backend(name: str, url: str, seconds: float, clients: int, many: int) 
     return results
 
 
-def postgres_database(admin_url: str) -> str:
+def postgres_database(admin_url: str, name: str, *, drop: bool = False) -> str:
+    """Create (or drop) the benchmark's own database on the server of `admin_url`."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    name = f"tidings_bench_{uuid.uuid4().hex[:8]}"
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        if drop:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        else:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
@@ -353,18 +359,32 @@ def main() -> None:
     )
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--postgres-url", default=os.environ.get("TIDINGS_BENCH_POSTGRES_URL"))
+    parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     args = parser.parse_args()
     backends: list[tuple[str, str]] = []
+    cleanups = []
     if args.backend in ("sqlite", "both"):
         tmp = Path(tempfile.mkdtemp(prefix="tidings-bench-db-"))
         backends.append(("SQLite", f"sqlite:///{tmp}/tidings.db"))
+        cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     if args.backend in ("postgres", "both"):
         if not args.postgres_url:
             if args.backend == "postgres":
                 parser.error("--postgres-url (or TIDINGS_BENCH_POSTGRES_URL) is required")
             print("PostgreSQL skipped: no --postgres-url", file=sys.stderr)
         else:
-            backends.append(("PostgreSQL", postgres_database(args.postgres_url)))
+            name = f"tidings_bench_{uuid.uuid4().hex[:8]}"
+            backends.append(("PostgreSQL", postgres_database(args.postgres_url, name)))
+            cleanups.append(lambda: postgres_database(args.postgres_url, name, drop=True))
+    try:
+        run_backends(backends, args)
+    finally:
+        if not args.keep:
+            for cleanup in cleanups:
+                cleanup()
+
+
+def run_backends(backends: list[tuple[str, str]], args: argparse.Namespace) -> None:
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
