@@ -932,6 +932,35 @@ def test_a_change_committed_just_after_the_computation_is_not_lost(
     assert p.rechecks(sid) == set()
 
 
+def test_a_computation_whose_last_step_deadlocks_finishes_on_another_attempt(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL breaks a deadlock by failing one transaction: when it picks the last step of
+    a computation, the step starts over rather than leaving the segment failed."""
+    from psycopg.errors import DeadlockDetected
+    from sqlalchemy.exc import OperationalError
+
+    p = project
+    p.send(identify("x", {"plan": "pro"}))
+    real = membership._recheck
+    calls: list[int] = []
+
+    def deadlocked_once(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE segments", {}, DeadlockDetected("deadlock detected"))
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(membership, "_recheck", deadlocked_once)
+    sid = p.create("Pro", {"trait": "plan", "op": "eq", "value": "pro"})
+    p.run_jobs()
+    monkeypatch.undo()
+    seg = p.segment(sid)
+    assert (seg.status, seg.error, seg.member_count) == ("ready", None, 1)
+    assert len(calls) == 2
+    assert p.members(sid) == {p.customer("x")}
+
+
 # -- rows that go with their customer or segment ----------------------------------------------
 
 # Events, members, history and timers have no foreign keys: Tidings removes them itself.

@@ -504,7 +504,7 @@ class ProfileBatch:
             for part in chunks(self.rows.deletes):
                 session.execute(delete(Customer).where(Customer.id.in_(part)))
         # Events have no foreign key (see Event): a deleted customer's go after it, once the
-        # deletion has waited for any writer holding the customer (a merge moved its own).
+        # deletion has waited for any writer holding the customer (a merge has moved its own).
         gone = [*self.rows.deletes, *(src for src, _ in self.rows.merges)]
         for part in chunks(gone):
             session.execute(delete(Event).where(Event.customer_id.in_(part)))
@@ -595,6 +595,11 @@ class ProfileBatch:
                 params,
             )
             session.execute(delete(Customer).where(Customer.id == src_id))
+            # An event a writer holding the profile added meanwhile (an email's, a segment's)
+            # follows too: the delete above waited for that writer.
+            session.execute(
+                text("UPDATE events SET customer_id = :dst WHERE customer_id = :src"), params
+            )
 
     def _update_dirty(self, bulk: Bulk) -> None:
         moment = clock.now()

@@ -24,7 +24,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+from psycopg.errors import DeadlockDetected
 from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tidings import clock, jobs
@@ -66,6 +68,7 @@ WRITE_BATCH = 20_000
 # A computation's writes key-share lock their segment (PostgreSQL): a deletion waits for them,
 # then removes what they wrote (`drop_segment`).
 HOLD = {"read": True, "key_share": True}
+FINISH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,7 +657,13 @@ def run_due_timers(session: Session, *, limit: int = 5000) -> int:
     ).all()
     if not rows:
         return 0
-    Bulk(session).delete(
+    bulk = Bulk(session)
+    if bulk.postgres:
+        # Hold the customers before taking their timers: a deletion of one of them waits for
+        # this transaction, then removes its timers, and never holds one this one waits for.
+        for part in chunks(sorted({r.customer_id for r in rows})):
+            bulk.select_in("SELECT id FROM customers WHERE 1 = 1", "id", part, lock="KEY SHARE")
+    bulk.delete(
         "segment_timers",
         ("segment_id", "customer_id"),
         [(r.segment_id, r.customer_id) for r in rows],
@@ -733,6 +742,23 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
             seg.progress = 40 + int(50 * done / max(1, len(changes)))
     if not _replace_timers(db, pid, segment_id, version, due):
         return
+    for attempt in range(1, FINISH_ATTEMPTS + 1):
+        try:
+            _finish(db, pid, segment_id, version)
+            return
+        except DBAPIError as exc:
+            # The last step holds the segment, then the customers it rechecks; a processor
+            # deleting one of them holds the customer, then updates the segment's count.
+            # PostgreSQL breaks such a deadlock by failing one side: this step starts over.
+            if not isinstance(exc.orig, DeadlockDetected) or attempt == FINISH_ATTEMPTS:
+                raise
+            log.warning(
+                "segment computation deadlocked; finishing again", extra={"segment": segment_id}
+            )
+
+
+def _finish(db: Database, project_id: int, segment_id: int, version: int) -> None:
+    """The computation's last step: ready, the rechecks evaluated, the count exact."""
     with db.session(write=True) as session:
         # Locked for update: a processor transaction that saw the segment computing finishes
         # (and leaves its rechecks) before this step reads them.
@@ -741,7 +767,7 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
             return
         seg.status = "ready"
         session.flush()
-        _recheck(session, pid, segment_id)
+        _recheck(session, project_id, segment_id)
         seg.member_count = int(
             session.execute(
                 text("SELECT count(*) FROM segment_members WHERE segment_id = :s"),

@@ -70,6 +70,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Rows whose customer or segment is gone could not satisfy the keys again.
+    for table, column, referred in KEYS:
+        op.execute(
+            f"DELETE FROM {table} WHERE NOT EXISTS "  # noqa: S608
+            f"(SELECT 1 FROM {referred} r WHERE r.id = {table}.{column})"
+        )
     if op.get_bind().dialect.name != "sqlite":
         for table, column, referred in KEYS:
             op.create_foreign_key(
