@@ -558,9 +558,9 @@ class ProfileBatch:
                 continue
             params = {"src": src_id, "dst": target.id}
             # Rows that belong to the person, not the profile, follow them (a merge happens in
-            # the middle of this batch, before any other package could step in): the timeline,
-            # charges, ids, and the emails they were sent.
-            for table in ("events", "charges", "customer_anonymous_ids", "messages"):
+            # the middle of this batch, before any other package could step in): charges, ids,
+            # and the emails they were sent; the timeline below.
+            for table in ("charges", "customer_anonymous_ids", "messages"):
                 session.execute(
                     text(f"UPDATE {table} SET customer_id = :dst WHERE customer_id = :src"),  # noqa: S608
                     params,
@@ -595,8 +595,9 @@ class ProfileBatch:
                 params,
             )
             session.execute(delete(Customer).where(Customer.id == src_id))
-            # An event a writer holding the profile added meanwhile (an email's, a segment's)
-            # follows too: the delete above waited for that writer.
+            # The timeline moves once the profile is deleted (events have no foreign key): the
+            # delete waited for any writer holding the profile, so what it added (an email's or
+            # a segment's event) follows too.
             session.execute(
                 text("UPDATE events SET customer_id = :dst WHERE customer_id = :src"), params
             )

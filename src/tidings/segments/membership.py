@@ -69,6 +69,8 @@ WRITE_BATCH = 20_000
 # then removes what they wrote (`drop_segment`).
 HOLD = {"read": True, "key_share": True}
 FINISH_ATTEMPTS = 3
+# A customer's or segment's rows without foreign keys: `forget` and `drop_segment` remove them.
+ROW_TABLES = ("segment_members", "segment_changes", "segment_timers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,7 +622,7 @@ def forget(session: Session, customer_ids: list[int]) -> None:
     t = table_of(Segment)
     for sid, n in delta.items():
         session.execute(update(t).where(t.c.id == sid).values(member_count=t.c.member_count - n))
-    for table in ("segment_members", "segment_changes", "segment_timers"):
+    for table in ROW_TABLES:
         for part in chunks(customer_ids):
             bulk.execute_in(f"DELETE FROM {table} WHERE 1 = 1", "customer_id", part)  # noqa: S608
 
@@ -628,7 +630,7 @@ def forget(session: Session, customer_ids: list[int]) -> None:
 def drop_segment(session: Session, segment_id: int) -> None:
     """After a segment is deleted: its members, history and timers rows go (no foreign keys;
     on PostgreSQL the deletion waited for any writer holding the segment, as in `forget`)."""
-    for table in ("segment_members", "segment_changes", "segment_timers"):
+    for table in ROW_TABLES:
         session.execute(
             text(f"DELETE FROM {table} WHERE segment_id = :s"),  # noqa: S608
             {"s": segment_id},
