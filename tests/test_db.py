@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from tests.cli_support import scratch_database
 from tidings.config import Settings
@@ -85,3 +86,41 @@ def test_postgresql_plans_each_execution_for_its_own_values(db: Database, backen
         ).one()
     assert generic == 0
     assert custom >= 5
+
+
+def _rows_fetched(session: Session, table: str) -> int:
+    return int(
+        session.execute(
+            text(
+                "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+                "FROM pg_stat_xact_all_tables WHERE relname = :t"
+            ),
+            {"t": table},
+        ).scalar_one()
+    )
+
+
+def test_a_probe_looks_each_value_up_whatever_the_statistics(db: Database, backend: str) -> None:
+    """`select_in(probe=True)` finds what the IN form finds (each row once, however often its
+    value is listed). On PostgreSQL it reads only those rows even from a table never analyzed,
+    where the planner guesses that a project holds a handful of rows and would rather read the
+    project's every row and filter them."""
+    rows = [(1, f"k{i}", i) for i in range(20_000)] + [(2, "k5", -5)]
+    # A full IN list (as the processor sends), some values twice, some absent.
+    found = [f"k{i}" for i in range(0, 20_000, 50)]
+    keys = found + [f"nope{i}" for i in range(90)] + found[:10]
+    sql = "SELECT key, n FROM probed WHERE project_id = {m}"
+    with db.session(write=True) as session:
+        # A temporary table is never analyzed by autovacuum.
+        session.execute(text("CREATE TEMPORARY TABLE probed (project_id int, key text, n int)"))
+        session.execute(text("CREATE INDEX probed_key ON probed (project_id, key)"))
+        session.execute(text("CREATE INDEX probed_n ON probed (project_id, n)"))
+        bulk = Bulk(session)
+        bulk.insert("probed", ("project_id", "key", "n"), rows)
+        plain = sorted(bulk.select_in(sql, "key", keys, (1,)))
+        before = 0 if backend == "sqlite" else _rows_fetched(session, "probed")
+        probed = sorted(bulk.select_in(sql, "key", keys, (1,), probe=True, lock=None))
+        fetched = 0 if backend == "sqlite" else _rows_fetched(session, "probed") - before
+        session.execute(text("DROP TABLE probed"))
+    assert plain == probed == sorted((f"k{i}", i) for i in range(0, 20_000, 50))
+    assert fetched <= len(found)

@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 
 from tests.cli_support import scratch_database
 from tidings.config import Settings
 from tidings.db import Database, table_of
-from tidings.ingest.inbox import InboxWriter, ensure_inbox_schema
+from tidings.ingest.inbox import InboxWriter, backlog, ensure_inbox_schema
 from tidings.ingest.models import InboxBase, InboxItem
-from tidings.ingest.processor import read_chunk
+from tidings.ingest.processor import InboxReader, read_chunk
 
 
 @pytest.fixture
@@ -132,3 +132,104 @@ def test_a_chunk_is_about_the_limit_whatever_the_mix(db: Database) -> None:
     assert second.inbox_ids[0] > first.inbox_ids[-1]
     everything = read_chunk(db, limit=10_000)
     assert len(everything.entries) == 320
+
+
+def _singles(db: Database, names: list[str], at: datetime | None = None) -> None:
+    writer = InboxWriter(db.inbox_write_engine)
+
+    async def fill() -> None:
+        for name in names:
+            await writer.write(
+                project_id=1,
+                kind="track",
+                body=b'{"messageId":"%s","userId":"u","event":"E"}' % name.encode(),
+                received_at=at or datetime.now(UTC),
+                ip=None,
+                messages=1,
+            )
+
+    try:
+        asyncio.run(fill())
+    finally:
+        writer.close()
+
+
+def _take(db: Database, ids: list[int]) -> None:
+    """Remove these rows, as applying their chunk does."""
+    with db.inbox_engine.begin() as conn:
+        conn.execute(delete(table_of(InboxItem)).where(table_of(InboxItem).c.id.in_(ids)))
+
+
+def _reader(db: Database) -> InboxReader:
+    reader = InboxReader(db, limit=10)
+    reader.ahead = True  # on both databases (it is on by default on PostgreSQL only)
+    return reader
+
+
+def test_the_reader_reads_the_next_chunk_ahead_in_inbox_order(db: Database) -> None:
+    _singles(db, [f"s{i}" for i in range(25)])
+    reader = _reader(db)
+    seen: list[str] = []
+    ahead: list[bool] = []
+    try:
+        while (chunk := reader.next()).inbox_ids:
+            seen += [e.message_id for e in chunk.entries]
+            # A chunk read ahead arrives with its messages already parsed and checked.
+            ahead.append(all(e.normalized and e.message is not None for e in chunk.entries))
+            _take(db, chunk.inbox_ids)
+    finally:
+        reader.close()
+    assert seen == [f"s{i}" for i in range(25)]
+    assert ahead == [False, True, True]
+
+
+def test_a_chunk_read_ahead_gives_way_to_an_older_request(db: Database) -> None:
+    """A request stored with a lower id than the chunk read ahead (its transaction committed
+    late) comes first, as it would have without reading ahead."""
+    _singles(db, [f"s{i}" for i in range(20)])
+    reader = _reader(db)
+    try:
+        first = reader.next()
+        _take(db, first.inbox_ids)
+        with db.inbox_engine.begin() as conn:
+            conn.execute(
+                insert(table_of(InboxItem)).values(
+                    id=first.inbox_ids[-1],
+                    project_id=1,
+                    kind="track",
+                    body=b'{"messageId":"late"}',
+                    received_at=datetime.now(UTC),
+                    token="late",
+                )
+            )
+        second = reader.next()
+    finally:
+        reader.close()
+    assert [e.message_id for e in second.entries] == ["late"] + [f"s{i}" for i in range(10, 19)]
+
+
+def test_a_chunk_read_ahead_is_dropped_when_its_rows_were_taken(db: Database) -> None:
+    _singles(db, [f"s{i}" for i in range(30)])
+    reader = _reader(db)
+    try:
+        first = reader.next()
+        _take(db, first.inbox_ids)
+        # Another process applied part of what this one had read ahead.
+        _take(db, read_chunk(db, limit=5).inbox_ids)
+        second = reader.next()
+    finally:
+        reader.close()
+    assert [e.message_id for e in second.entries] == [f"s{i}" for i in range(15, 25)]
+
+
+def test_the_backlog_counts_waiting_requests_and_dates_the_oldest(db: Database) -> None:
+    assert backlog(db) == (0, None)
+    early = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    late = datetime(2026, 5, 1, 9, 30, tzinfo=UTC)
+    _singles(db, [f"e{i}" for i in range(5)], early)
+    _singles(db, [f"l{i}" for i in range(3)], late)
+    assert backlog(db) == (8, early)
+    _take(db, read_chunk(db, limit=5).inbox_ids)
+    assert backlog(db) == (3, late)
+    _take(db, read_chunk(db, limit=5).inbox_ids)
+    assert backlog(db) == (0, None)

@@ -62,6 +62,21 @@ _WRITE_COLUMNS = (
     "created_at",
     "updated_at",
 )
+_WRITE_TYPES = (  # their PostgreSQL types, for set-based updates
+    "text",
+    "text",
+    "text",
+    "jsonb",
+    "jsonb",
+    "bigint",
+    "jsonb",
+    "integer",
+    "timestamp",
+    "timestamp",
+    "timestamp",
+    "timestamp",
+    "timestamp",
+)
 
 
 @dataclass(eq=False, slots=True)
@@ -169,7 +184,7 @@ class ProfileBatch:
             "SELECT anonymous_id, customer_id FROM customer_anonymous_ids WHERE project_id = {m}"
         )
         for part in chunks(aliases):
-            for alias, cid in bulk.select_in(alias_sql, "anonymous_id", part, (pid,)):
+            for alias, cid in bulk.select_in(alias_sql, "anonymous_id", part, (pid,), probe=True):
                 alias_of[alias] = cid
         seen: dict[int, Profile] = {}
         wanted: list[tuple[str, set[Any]]] = [
@@ -179,7 +194,9 @@ class ProfileBatch:
         ]
         for column, values in wanted:
             for part in chunks(values):
-                for row in bulk.select_in(_PROFILE_SQL, column, part, (pid,), lock="NO KEY UPDATE"):
+                for row in bulk.select_in(
+                    _PROFILE_SQL, column, part, (pid,), lock="NO KEY UPDATE", probe=True
+                ):
                     if row[0] not in seen:
                         seen[row[0]] = self._adopt(bulk, row)
         for alias, cid in alias_of.items():
@@ -615,8 +632,14 @@ class ProfileBatch:
             elif p.seen_changed:
                 # Most messages only move last_seen: a narrow update skips rewriting traits.
                 seen.append((bulk.dt(p.first_seen), bulk.dt(p.last_seen), now, p.id))
-        bulk.update("customers", _WRITE_COLUMNS, "id", full)
-        bulk.update("customers", ("first_seen", "last_seen", "updated_at"), "id", seen)
+        bulk.update("customers", _WRITE_COLUMNS, "id", full, types=(*_WRITE_TYPES, "bigint"))
+        bulk.update(
+            "customers",
+            ("first_seen", "last_seen", "updated_at"),
+            "id",
+            seen,
+            types=("timestamp", "timestamp", "timestamp", "bigint"),
+        )
 
     def _insert_aliases(self, session: Session) -> None:
         rows: dict[str, dict[str, Any]] = {}

@@ -99,20 +99,39 @@ class Bulk:
         params: Sequence[Any] = (),
         *,
         lock: str | None = None,
+        probe: bool = False,
     ) -> list[tuple[Any, ...]]:
         """Run `sql` (which ends in a WHERE clause) with `AND column IN (values)` appended;
         `sql` uses `{m}` for its own placeholders. `lock` ("NO KEY UPDATE", "KEY SHARE") takes
         row locks of that strength on PostgreSQL (SQLite writers already hold the database
         lock): with NO KEY UPDATE a read-modify-write loses no update, with KEY SHARE the rows
-        cannot be deleted before this transaction ends (and the two do not block each other)."""
+        cannot be deleted before this transaction ends (and the two do not block each other).
+
+        `probe` is for lookups by a key an index covers along with `sql`'s own conditions
+        (`project_id = {m} AND user_id IN ...`). On PostgreSQL they then run as one index probe
+        per value, whatever the table's statistics say: a table never analyzed, or a project
+        newer than its statistics, estimates `project_id = {m}` at a few rows, and the planner
+        would read every row of the project and filter them instead, once per call."""
         if not values:
             return []
-        query = self._in(sql, column, values)
-        if lock is not None and self.postgres:
-            query += f" FOR {lock}"
+        if probe and self.postgres:
+            kind = "bigint" if isinstance(values[0], int) else "text"
+            inner = sql.format(m=self.mark) + f" AND {column} = x.v OFFSET 0"
+            if lock is not None:
+                inner += f" FOR {lock}"
+            query = (
+                f"SELECT s.* FROM unnest(CAST(%s AS {kind}[])) AS x(v) "  # noqa: S608
+                f"CROSS JOIN LATERAL ({inner}) AS s"
+            )
+            args: tuple[Any, ...] = (list(dict.fromkeys(values)), *params)
+        else:
+            query = self._in(sql, column, values)
+            if lock is not None and self.postgres:
+                query += f" FOR {lock}"
+            args = (*params, *values)
         cur = self._cursor()
         try:
-            cur.execute(query, (*params, *values))
+            cur.execute(query, args)
             return list(cur.fetchall())
         finally:
             cur.close()
@@ -209,10 +228,27 @@ class Bulk:
             cur.close()
 
     def update(
-        self, table: str, columns: Sequence[str], key: str, rows: Sequence[Sequence[Any]]
+        self,
+        table: str,
+        columns: Sequence[str],
+        key: str,
+        rows: Sequence[Sequence[Any]],
+        *,
+        types: Sequence[str] | None = None,
     ) -> None:
-        """UPDATE table SET columns WHERE key = last value of each row."""
+        """UPDATE table SET columns WHERE key = last value of each row. With the columns' and
+        the key's PostgreSQL `types`, PostgreSQL updates every row in one statement (see
+        `row_set`) instead of one statement a row."""
         if not rows:
+            return
+        if types is not None and self.postgres:
+            listed, params = self.row_set(types, rows)
+            sets = ", ".join(f"{c} = r.c{i}" for i, c in enumerate(columns))
+            self.execute(
+                f"UPDATE {table} AS t SET {sets} FROM ({listed}) AS r "  # noqa: S608
+                f"WHERE t.{key} = r.c{len(columns)}",
+                params,
+            )
             return
         mark = self.mark
         sets = ", ".join(f"{c} = {mark}" for c in columns)

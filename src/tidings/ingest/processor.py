@@ -15,12 +15,13 @@ import os
 import socket
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from tidings import clock
@@ -29,6 +30,7 @@ from tidings.customers.batch import Dropped, Policy, Profile, ProfileBatch
 from tidings.customers.traits import looks_like_email, normalize_traits, parse_money
 from tidings.db import Database, table_of
 from tidings.db.bulk import Bulk, chunks
+from tidings.db.engine import is_postgres
 from tidings.db.upsert import upsert
 from tidings.ingest.log import redact_customer
 from tidings.ingest.models import InboxItem, IngestStats, Lease
@@ -79,6 +81,7 @@ class Entry:
     received_at: datetime
     raw: dict[str, Any]
     message: Message | None = None
+    normalized: bool = False  # `message` (or the rejection) already set from `raw`
     status: str = "accepted"
     reason: str | None = None
     profile: Profile | None = None
@@ -95,8 +98,9 @@ class Chunk:
 # -- reading the inbox ------------------------------------------------------------------------
 
 
-def read_chunk(db: Database, *, limit: int) -> Chunk:
-    """The oldest inbox rows, split into messages, up to about `limit` messages.
+def read_chunk(db: Database, *, limit: int, after: int | None = None) -> Chunk:
+    """The oldest inbox rows (or the oldest after id `after`), split into messages, up to
+    about `limit` messages.
 
     Rows are read a page at a time (a batch row holds many messages, a single-message request
     one), so a chunk is about `limit` messages whatever the mix, without fetching bodies that
@@ -117,8 +121,9 @@ def read_chunk(db: Database, *, limit: int) -> Chunk:
     with db.inbox_engine.connect() as conn:
         while True:
             stmt = select(*columns).order_by(table.c.id).limit(page)
-            if chunk.inbox_ids:
-                stmt = stmt.where(table.c.id > chunk.inbox_ids[-1])
+            start = chunk.inbox_ids[-1] if chunk.inbox_ids else after
+            if start is not None:
+                stmt = stmt.where(table.c.id > start)
             rows = conn.execute(stmt).all()
             for row in rows:
                 chunk.inbox_ids.append(row.id)
@@ -132,6 +137,68 @@ def read_chunk(db: Database, *, limit: int) -> Chunk:
             if len(rows) < page:
                 return chunk
             page = min(256, page * 4)
+
+
+def _oldest_id(db: Database) -> int | None:
+    table = table_of(InboxItem)
+    with db.inbox_engine.connect() as conn:
+        return conn.execute(select(func.min(table.c.id))).scalar()
+
+
+def _read_ahead(db: Database, limit: int, after: int) -> Chunk:
+    chunk = read_chunk(db, limit=limit, after=after)
+    for e in chunk.entries:
+        _normalize(e)
+    return chunk
+
+
+class InboxReader:
+    """Reads the inbox a chunk at a time. On PostgreSQL it reads the next chunk in the
+    background while the caller applies the current one, so reading and parsing the bodies
+    overlap the time the processor waits for the server. (SQLite runs inside the process:
+    there is no such wait to fill, and reading ahead measured no faster.)
+
+    A chunk read ahead is used only if it still starts at the inbox's oldest row once the
+    chunk before it is done: a request that committed late with a lower id, or rows another
+    process took over, make the reader read afresh from the oldest row.
+    """
+
+    def __init__(self, db: Database, *, limit: int) -> None:
+        self.db = db
+        self.limit = limit
+        self.ahead = is_postgres(db.engine)
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: Future[Chunk] | None = None
+
+    def next(self) -> Chunk:
+        """The oldest unprocessed chunk (empty when the inbox is)."""
+        chunk = self._take_ahead()
+        if chunk is None:
+            chunk = read_chunk(self.db, limit=self.limit)
+        if chunk.inbox_ids and self.ahead:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="tidings-inbox")
+            self._ahead = self._pool.submit(_read_ahead, self.db, self.limit, chunk.inbox_ids[-1])
+        return chunk
+
+    def _take_ahead(self) -> Chunk | None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        try:
+            chunk = ahead.result()
+        except Exception:
+            log.exception("reading the inbox ahead failed; reading it again")
+            return None
+        if not chunk.inbox_ids or _oldest_id(self.db) != chunk.inbox_ids[0]:
+            return None
+        return chunk
+
+    def close(self) -> None:
+        self._ahead = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def split_body(
@@ -293,6 +360,16 @@ def _timeline(batch: ProfileBatch, p: Profile, msg: Message, entry: Entry) -> No
 # -- one chunk --------------------------------------------------------------------------------
 
 
+def _normalize(e: Entry) -> None:
+    try:
+        e.message = normalize(
+            e.raw, default_type=None, received_at=e.received_at, message_id=e.message_id
+        )
+    except InvalidMessage as exc:
+        e.status, e.reason = "rejected", str(exc)
+    e.normalized = True
+
+
 def _policies(session: Session, project_ids: Iterable[int]) -> dict[int, Policy]:
     rows = session.execute(
         select(
@@ -321,7 +398,7 @@ def _known_ids(session: Session, project_id: int, message_ids: Sequence[str]) ->
     return {
         row[0]
         for part in chunks(message_ids)
-        for row in bulk.select_in(sql, "message_id", part, (project_id,))
+        for row in bulk.select_in(sql, "message_id", part, (project_id,), probe=True)
     }
 
 
@@ -352,12 +429,8 @@ def _apply_project(
             counts["duplicate"] += 1
             continue
         known.add(e.message_id)
-        try:
-            e.message = normalize(
-                e.raw, default_type=None, received_at=e.received_at, message_id=e.message_id
-            )
-        except InvalidMessage as exc:
-            e.status, e.reason = "rejected", str(exc)
+        if not e.normalized:
+            _normalize(e)
         fresh.append(e)
     batch = ProfileBatch(pid, policy)
     batch.load(session, **_identifiers(fresh))
@@ -396,6 +469,9 @@ def _refresh_segments(
     session: Session, pid: int, batch: ProfileBatch, entries: list[Entry], known: set[int]
 ) -> None:
     """Update the segment memberships the chunk's changes can affect."""
+    segments = membership.live_segments(session, pid)
+    if not segments:
+        return
     changed: dict[int, set[Any]] = defaultdict(set)
     live: dict[int, Profile] = {}
     stored: set[int] = set()  # customers with a history before this chunk
@@ -453,7 +529,9 @@ def _refresh_segments(
             base[f.id].events.setdefault(key, []).append(row)
     for cid, facts in base.items():
         facts.fresh = cid not in stored
-    membership.refresh(session, project_id=pid, changed=changed, base=base, events=events)
+    membership.refresh(
+        session, project_id=pid, changed=changed, base=base, events=events, segments=segments
+    )
 
 
 def _group_members(session: Session, pid: int, group_ids: set[str]) -> list[int]:
@@ -563,6 +641,7 @@ def _process_one_by_one(db: Database, chunk: Chunk) -> dict[int, dict[str, int]]
     """Isolate a poison message: each in its own transaction; one that breaks is `failed`."""
     totals: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for e in chunk.entries:
+        e.normalized = False  # from the raw message again, whatever the failed attempt did
         try:
             with db.session(write=True) as session:
                 counts = apply_entries(session, [e])
@@ -621,15 +700,30 @@ def release_lease(db: Database, holder: str) -> None:
         )
 
 
-def drain(db: Database, *, chunk_size: int, max_chunks: int | None = None) -> int:
-    """Process inbox chunks until it is empty (or max_chunks); returns messages handled."""
+def drain(
+    db: Database,
+    *,
+    chunk_size: int,
+    max_chunks: int | None = None,
+    reader: InboxReader | None = None,
+) -> int:
+    """Process inbox chunks until it is empty (or max_chunks); returns messages handled.
+    A caller that drains again and again passes its own `reader`, which keeps reading ahead
+    between calls."""
+    own = reader is None
+    if reader is None:
+        reader = InboxReader(db, limit=chunk_size)
     handled = 0
     done = 0
-    while max_chunks is None or done < max_chunks:
-        chunk = read_chunk(db, limit=chunk_size)
-        if not chunk.inbox_ids:
-            break
-        process_chunk(db, chunk)
-        handled += len(chunk.entries)
-        done += 1
+    try:
+        while max_chunks is None or done < max_chunks:
+            chunk = reader.next()
+            if not chunk.inbox_ids:
+                break
+            process_chunk(db, chunk)
+            handled += len(chunk.entries)
+            done += 1
+    finally:
+        if own:
+            reader.close()
     return handled

@@ -330,6 +330,7 @@ def refresh(
     base: dict[int, Facts] | None = None,
     source: str = "event",
     events: dict[int, list[tuple[Facet, EventRow]]] | None = None,
+    segments: list[LiveSegment] | None = None,
 ) -> int:
     """Re-evaluate the segments each customer's changes can affect; returns memberships changed.
 
@@ -339,11 +340,13 @@ def refresh(
     event one of its conditions counts (any other leaves every condition as it was), and the
     profile in `base` does not settle it whatever the events (`evaluate.settled`). A customer
     whose facts in `base` are `fresh` (created by this chunk) is evaluated on those facts'
-    events, without reading its events, memberships or timers.
+    events, without reading its events, memberships or timers. `segments` are the project's
+    `live_segments` when the caller has just read them.
     """
     if not changed:
         return 0
-    segments = live_segments(session, project_id)
+    if segments is None:
+        segments = live_segments(session, project_id)
     if not segments:
         return 0
     now = clock.now()

@@ -89,6 +89,7 @@ class Worker:
         self.name = name or processor.worker_name()
         self.stop_event = threading.Event()
         self._last_jobs = 0.0
+        self.reader = processor.InboxReader(db, limit=db.settings.processor_chunk)
 
     def run_once(self) -> int:
         """One round: a chunk of the inbox if this worker holds the lease, then due jobs."""
@@ -98,7 +99,10 @@ class Worker:
             if not processor.acquire_lease(self.db, self.name):
                 break
             done = processor.drain(
-                self.db, chunk_size=self.db.settings.processor_chunk, max_chunks=1
+                self.db,
+                chunk_size=self.db.settings.processor_chunk,
+                max_chunks=1,
+                reader=self.reader,
             )
             if not done:
                 break
@@ -171,6 +175,7 @@ class Worker:
                 self.stop_event.wait(1.0)
             if not handled:
                 self.stop_event.wait(idle)
+        self.reader.close()
         try:
             processor.release_lease(self.db, self.name)
         except Exception:
