@@ -158,3 +158,31 @@ def test_models_match_migrations(db: Database) -> None:
     # Autogenerate does not see every index (expressions on SQLite): same names, same tables.
     in_db = {name: table for name, (table, _) in indexes(db.engine).items()}
     assert in_db == metadata_indexes()
+
+
+def test_postgresql_compresses_inbox_bodies_with_lz4(db: Database, backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite does not compress the inbox")
+    migrations.upgrade(db)
+
+    def method() -> str:
+        with db.engine.connect() as conn:
+            return str(
+                conn.execute(
+                    text(
+                        "SELECT attcompression FROM pg_attribute "
+                        "WHERE attrelid = 'inbox'::regclass AND attname = 'body'"
+                    )
+                ).scalar_one()
+            )
+
+    with db.engine.connect() as conn:
+        lz4 = conn.execute(
+            text(
+                "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                "WHERE name = 'default_toast_compression'"
+            )
+        ).scalar_one()
+    assert method() == ("l" if lz4 else "")
+    migrations.downgrade(db, "0007")
+    assert method() == ""
