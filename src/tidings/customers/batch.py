@@ -46,37 +46,25 @@ _PROFILE_SQL = (
     "revenue_by_currency, charge_count, last_charge_at, first_seen, last_seen, created_at "
     "FROM customers WHERE project_id = {m}"
 )
-# Columns written for every new or changed customer, in this order.
-_WRITE_COLUMNS = (
-    "user_id",
-    "email",
-    "name",
-    "traits",
-    "audiences",
-    "lifetime_value_units",
-    "revenue_by_currency",
-    "charge_count",
-    "last_charge_at",
-    "first_seen",
-    "last_seen",
-    "created_at",
-    "updated_at",
+# Columns written for every new or changed customer, in this order, with their PostgreSQL
+# types (for set-based updates).
+_WRITTEN = (
+    ("user_id", "text"),
+    ("email", "text"),
+    ("name", "text"),
+    ("traits", "jsonb"),
+    ("audiences", "jsonb"),
+    ("lifetime_value_units", "bigint"),
+    ("revenue_by_currency", "jsonb"),
+    ("charge_count", "integer"),
+    ("last_charge_at", "timestamp"),
+    ("first_seen", "timestamp"),
+    ("last_seen", "timestamp"),
+    ("created_at", "timestamp"),
+    ("updated_at", "timestamp"),
 )
-_WRITE_TYPES = (  # their PostgreSQL types, for set-based updates
-    "text",
-    "text",
-    "text",
-    "jsonb",
-    "jsonb",
-    "bigint",
-    "jsonb",
-    "integer",
-    "timestamp",
-    "timestamp",
-    "timestamp",
-    "timestamp",
-    "timestamp",
-)
+_WRITE_COLUMNS = tuple(column for column, _ in _WRITTEN)
+_WRITE_TYPES = tuple(kind for _, kind in _WRITTEN)
 
 
 @dataclass(eq=False, slots=True)
