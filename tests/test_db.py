@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tests.cli_support import scratch_database
+from tidings.auth import service as projects
 from tidings.config import Settings
+from tidings.customers.models import Customer
 from tidings.db import Database
 from tidings.db.bulk import Bulk
+from tidings.ingest.processor import Entry, apply_entries
 
 ORPHAN = "INSERT INTO customer_tags (customer_id, tag, project_id) VALUES (999999, 'x', 1)"
 
@@ -124,3 +128,50 @@ def test_a_probe_looks_each_value_up_whatever_the_statistics(db: Database, backe
         session.execute(text("DROP TABLE probed"))
     assert plain == probed == sorted((f"k{i}", i) for i in range(0, 20_000, 50))
     assert fetched <= len(found)
+
+
+def test_moving_last_seen_within_its_minute_leaves_the_customer_indexes_alone(
+    db: Database, backend: str
+) -> None:
+    """Most processed messages only move a customer's last_seen. The customer list's recency
+    index is on `seen_minute` (last_seen to the minute), so on PostgreSQL such an update within
+    the minute is HOT (no index entry written); crossing into the next minute is not."""
+    with db.session(write=True) as session:
+        pid = projects.create(session, name="seen").id
+
+    def process(second: float) -> tuple[datetime, datetime | None, tuple[int, int]]:
+        """One track for the customer at 10:00 plus `second` seconds; returns its last_seen,
+        seen_minute and the chunk's (updates, HOT updates) of the customers table."""
+        at = datetime(2026, 11, 2, 10, 0, tzinfo=UTC) + timedelta(seconds=second)
+        raw = {"type": "track", "userId": "u1", "event": "Seen", "timestamp": at.isoformat()}
+        with db.session(write=True) as session:
+            apply_entries(session, [Entry(pid, f"m{second}", at + timedelta(seconds=1), raw)])
+            updates = (0, 0)
+            if backend == "postgres":
+                row = session.execute(
+                    text(
+                        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
+                        "WHERE relname = 'customers'"
+                    )
+                ).one()
+                updates = (row[0], row[1])
+            customer = session.execute(
+                select(Customer.last_seen, Customer.seen_minute).where(Customer.project_id == pid)
+            ).one()
+        return customer.last_seen, customer.seen_minute, updates
+
+    minute = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+    assert process(5.25)[:2] == (minute + timedelta(seconds=5.25), minute)
+    last_seen, seen_minute, updates = process(40.5)
+    assert (last_seen, seen_minute) == (minute + timedelta(seconds=40.5), minute)
+    if backend == "postgres":
+        assert updates[0] >= 1
+        assert updates[1] == updates[0]
+    last_seen, seen_minute, updates = process(62)
+    assert (last_seen, seen_minute) == (
+        minute + timedelta(seconds=62),
+        minute + timedelta(minutes=1),
+    )
+    if backend == "postgres":
+        assert updates[0] >= 1
+        assert updates[1] < updates[0]

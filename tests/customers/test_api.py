@@ -243,7 +243,9 @@ def test_cursor_pagination_visits_every_customer_once(tenant: Tenant) -> None:
 
 
 def test_sort_orders_page_through_everyone_in_order(tenant: Tenant) -> None:
-    seen_at = [5, 1, 5, 3, 2]  # page-0 and page-2 tie
+    # page-0 and page-2 tie; page-3 and page-4 are seen within the same minute as them, so
+    # the second page starts inside that minute (recency sorts on the minute, then the time).
+    seen_at = [5.5, 1, 5.5, 5.25, 5.75]
     revenue = [0, 30, 10, 30, 0]  # page-1 and page-3 tie, page-0 and page-4 too
     sent = [identify(f"page-{i}", timestamp=iso(at(m))) for i, m in enumerate(seen_at)]
     sent += [
@@ -254,7 +256,7 @@ def test_sort_orders_page_through_everyone_in_order(tenant: Tenant) -> None:
     tenant.send(sent)
     expected = {
         "created": ["page-4", "page-3", "page-2", "page-1", "page-0"],
-        "last_seen": ["page-2", "page-0", "page-3", "page-4", "page-1"],
+        "last_seen": ["page-4", "page-2", "page-0", "page-3", "page-1"],
         "lifetime_value": ["page-3", "page-1", "page-2", "page-4", "page-0"],
     }
     for sort, order in expected.items():

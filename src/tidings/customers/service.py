@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -307,6 +307,12 @@ def _sorted_page(
         "created": None,
         "lifetime_value": Customer.lifetime_value_units,
     }[sort]
+    # The sort keys before id. Recency sorts on the indexed minute first (Customer.seen_minute).
+    keys: list[Any] = []
+    if sort == "last_seen":
+        keys = [Customer.seen_minute, Customer.last_seen]
+    elif column is not None:
+        keys = [column]
     after = decode_cursor(cursor)
     if after is not None:
         if column is None:
@@ -314,11 +320,14 @@ def _sorted_page(
         else:
             if len(after) != 2:
                 raise BadRequest("The cursor is not valid.", code="invalid_cursor")
-            value: Any = cursor_time(after[0]) if sort == "last_seen" else cursor_int(after[0])
-            last_id = cursor_int(after[1])
+            if sort == "last_seen":
+                at = cursor_time(after[0]).astimezone(UTC)
+                values: list[Any] = [at.replace(second=0, microsecond=0), at]
+            else:
+                values = [cursor_int(after[0])]
             # A row-value comparison is an index range; the OR form is not.
-            query = query.where(tuple_(column, Customer.id) < tuple_(value, last_id))
-    order = [Customer.id.desc()] if column is None else [column.desc(), Customer.id.desc()]
+            query = query.where(tuple_(*keys, Customer.id) < tuple_(*values, cursor_int(after[1])))
+    order = [k.desc() for k in keys] + [Customer.id.desc()]
     rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]

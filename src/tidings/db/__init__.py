@@ -11,7 +11,7 @@ from tidings.db.engine import (
     json_dumps,
     reset_database,
 )
-from tidings.db.types import JSONType, UTCDateTime
+from tidings.db.types import JSONType, UTCDateTime, minute_of
 
 __all__ = [
     "Base",
@@ -21,6 +21,7 @@ __all__ = [
     "get_database",
     "is_postgres",
     "json_dumps",
+    "minute_of",
     "reset_database",
     "table_of",
 ]

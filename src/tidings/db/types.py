@@ -1,4 +1,5 @@
-"""Portable column types: JSON (JSONB on PostgreSQL) and aware-UTC datetimes."""
+"""Portable column types: JSON (JSONB on PostgreSQL) and aware-UTC datetimes, and the minute
+of a stored datetime (for generated columns)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any
 from sqlalchemy import JSON, DateTime
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -33,3 +37,23 @@ class UTCDateTime(TypeDecorator[datetime]):
             value = datetime.fromisoformat(value)
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC)
+
+
+class minute_of(FunctionElement[datetime]):  # a SQL function, named as SQLAlchemy names them
+    """A UTCDateTime column's value truncated to the minute, in the column's own storage form
+    (a timestamp on PostgreSQL, the same text layout on SQLite), so it compares and sorts with
+    values bound as UTCDateTime."""
+
+    type = UTCDateTime()
+    name = "minute_of"
+    inherit_cache = True
+
+
+@compiles(minute_of, "postgresql")
+def _minute_of_postgresql(element: minute_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"date_trunc('minute', {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(minute_of)
+def _minute_of_sqlite(element: minute_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"(substr({compiler.process(element.clauses, **kw)}, 1, 16) || ':00.000000')"

@@ -466,7 +466,7 @@ def count_and_sample(
         session,
         q,
         f"SELECT c.id FROM customers c WHERE {where} "
-        f"ORDER BY c.last_seen DESC, c.id DESC LIMIT {int(sample)}",
+        f"ORDER BY c.seen_minute DESC, c.last_seen DESC, c.id DESC LIMIT {int(sample)}",
     ).scalars()
     return total, list(ids)
 
