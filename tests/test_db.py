@@ -175,3 +175,46 @@ def test_moving_last_seen_within_its_minute_leaves_the_customer_indexes_alone(
     if backend == "postgres":
         assert updates[0] >= 1
         assert updates[1] < updates[0]
+
+
+def test_binary_copy_stores_what_text_copy_stores(db: Database, backend: str) -> None:
+    """`Bulk.insert` with the columns' types (binary COPY on PostgreSQL) stores the same values
+    as without: JSON text as JSON documents (not as JSON strings), timestamps, NULLs, text."""
+    at = datetime(2026, 11, 2, 10, 0, 5, 123456, tzinfo=UTC)
+    columns = ("k", "n", "doc", "at", "note")
+    types = ("int4", "int8", "jsonb", "timestamp", "text")
+    with db.session(write=True) as session:
+        bulk = Bulk(session)
+        rows = [
+            (
+                1,
+                2**40,
+                bulk.json({"plan": "pro", "n": [1, 2.5, None], "é": "ü"}),
+                bulk.dt(at),
+                "a\tb\nc",
+            ),
+            (2, None, bulk.json([1, "x"]), None, None),
+        ]
+        doc_type = "jsonb" if backend == "postgres" else "text"
+        for table in ("plain", "typed"):
+            session.execute(
+                text(
+                    f"CREATE TEMPORARY TABLE {table} "
+                    f"(k int, n bigint, doc {doc_type}, at timestamp, note text)"
+                )
+            )
+        bulk.insert("plain", columns, rows)
+        bulk.insert("typed", columns, rows, types=types)
+        read = "SELECT k, n, doc, at, note FROM {t} ORDER BY k"
+        plain = bulk.fetch(read.format(t="plain"))
+        typed = bulk.fetch(read.format(t="typed"))
+        if backend == "postgres":
+            kinds = bulk.fetch("SELECT jsonb_typeof(doc) FROM typed ORDER BY k")
+            assert kinds == [("object",), ("array",)]
+    assert typed == plain
+    assert [bulk.read_json(r[2]) for r in typed] == [
+        {"plan": "pro", "n": [1, 2.5, None], "é": "ü"},
+        [1, "x"],
+    ]
+    assert [bulk.read_dt(r[3]) for r in typed] == [at, None]
+    assert [r[4] for r in typed] == ["a\tb\nc", None]

@@ -63,6 +63,18 @@ _WRITTEN = (
     ("created_at", "timestamp"),
     ("updated_at", "timestamp"),
 )
+# A timeline event's columns as the processor writes them, with their PostgreSQL types.
+_EVENT_COLUMNS = (
+    ("project_id", "int4"),
+    ("customer_id", "int8"),
+    ("type", "varchar"),
+    ("name", "varchar"),
+    ("properties", "jsonb"),
+    ("context", "jsonb"),
+    ("timestamp", "timestamp"),
+    ("received_at", "timestamp"),
+    ("message_id", "varchar"),
+)
 _WRITE_COLUMNS = tuple(column for column, _ in _WRITTEN)
 _WRITE_TYPES = tuple(kind for _, kind in _WRITTEN)
 
@@ -667,19 +679,7 @@ class ProfileBatch:
                     )
                 )
         bulk.insert(
-            "events",
-            (
-                "project_id",
-                "customer_id",
-                "type",
-                "name",
-                "properties",
-                "context",
-                "timestamp",
-                "received_at",
-                "message_id",
-            ),
-            events,
+            "events", [c for c, _ in _EVENT_COLUMNS], events, types=[t for _, t in _EVENT_COLUMNS]
         )
         charges = []
         for p, row in self.rows.charges:

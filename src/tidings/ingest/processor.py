@@ -49,19 +49,20 @@ log = logging.getLogger(__name__)
 
 LEASE_NAME = "ingest"
 LEASE_SECONDS = 30
-_LOG_COLUMNS = (
-    "project_id",
-    "message_id",
-    "type",
-    "status",
-    "reason",
-    "user_id",
-    "anonymous_id",
-    "event",
-    "customer_id",
-    "received_at",
-    "processed_at",
-    "raw",
+# The message log's columns as the processor writes them, with their PostgreSQL types.
+_LOG = (
+    ("project_id", "int4"),
+    ("message_id", "varchar"),
+    ("type", "varchar"),
+    ("status", "varchar"),
+    ("reason", "text"),
+    ("user_id", "varchar"),
+    ("anonymous_id", "varchar"),
+    ("event", "varchar"),
+    ("customer_id", "int8"),
+    ("received_at", "timestamp"),
+    ("processed_at", "timestamp"),
+    ("raw", "jsonb"),
 )
 CHARGE_EVENTS = frozenset({"Order Completed", "Completed Order"})
 KEPT_EVENTS = CHARGE_EVENTS  # kept on the timeline even when they make a charge
@@ -605,7 +606,7 @@ def _write_log(session: Session, pid: int, entries: list[Entry], now: datetime) 
                 bulk.json(raw),
             )
         )
-    bulk.insert("ingest_messages", _LOG_COLUMNS, rows)
+    bulk.insert("ingest_messages", [c for c, _ in _LOG], rows, types=[t for _, t in _LOG])
 
 
 def process_chunk(db: Database, chunk: Chunk) -> dict[int, dict[str, int]]:
