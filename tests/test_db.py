@@ -218,3 +218,12 @@ def test_binary_copy_stores_what_text_copy_stores(db: Database, backend: str) ->
     ]
     assert [bulk.read_dt(r[3]) for r in typed] == [at, None]
     assert [r[4] for r in typed] == ["a\tb\nc", None]
+
+
+def test_json_text_beyond_a_double_still_reads(db: Database) -> None:
+    """jsonb stores numbers as numeric, which holds what a double cannot: such a value still
+    reads back (as the standard library reads it) instead of failing the customer's chunk."""
+    with db.session() as session:
+        bulk = Bulk(session)
+        assert bulk.read_json('{"n": 1e400, "m": 2}') == {"n": float("inf"), "m": 2}
+        assert bulk.read_json(b'{"plan": "pro"}') == {"plan": "pro"}

@@ -41,10 +41,12 @@ from tidings.db.upsert import upsert
 _MISSING = object()
 
 
+# The JSON columns come as text, for orjson (`Bulk.read_json`): psycopg decodes jsonb with the
+# standard library's json, several times slower on a chunk's customers.
 _PROFILE_SQL = (
-    "SELECT id, user_id, email, name, traits, audiences, lifetime_value_units, "
-    "revenue_by_currency, charge_count, last_charge_at, first_seen, last_seen, created_at "
-    "FROM customers WHERE project_id = {m}"
+    "SELECT id, user_id, email, name, CAST(traits AS TEXT), CAST(audiences AS TEXT), "
+    "lifetime_value_units, CAST(revenue_by_currency AS TEXT), charge_count, last_charge_at, "
+    "first_seen, last_seen, created_at FROM customers WHERE project_id = {m}"
 )
 # Columns written for every new or changed customer, in this order, with their PostgreSQL
 # types (for set-based updates).

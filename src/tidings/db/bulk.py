@@ -8,6 +8,7 @@ with `Bulk.dt` / `Bulk.json` so they read back exactly as SQLAlchemy would have 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -108,9 +109,12 @@ class Bulk:
         return value.replace(tzinfo=UTC)
 
     def read_json(self, value: Any) -> Any:
-        """A stored JSON value back as Python (psycopg already decodes jsonb)."""
+        """A stored JSON value (its text, or what psycopg decoded from jsonb) back as Python."""
         if isinstance(value, str | bytes):
-            return orjson.loads(value)
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError:  # a number beyond a double (jsonb is numeric)
+                return json.loads(value)
         return value
 
     def select_in(
