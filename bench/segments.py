@@ -459,7 +459,7 @@ def _copy_table(
     cols = src.execute(f"PRAGMA table_info({table})").fetchall()
     cur.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
-        "AND table_name = %s",
+        "AND table_name = %s AND is_generated = 'NEVER'",  # as table_info: no generated ones
         (table,),
     )
     pg_cols = {r[0] for r in cur.fetchall()}
