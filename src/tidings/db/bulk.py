@@ -51,10 +51,10 @@ def _read_sqlite_dt(value: str) -> datetime:
 
 
 def _json_list(values: Iterable[Any]) -> str:
-    """Values (or rows of values) as one JSON array: a statement parameter PostgreSQL expands
-    with jsonb_array_elements. psycopg adapts a Python list to an array value by value in
-    Python (about 6 µs a timestamp); orjson writes the whole list at once. Datetimes must be
-    adapted with `Bulk.dt` (naive UTC), as for every other write."""
+    """Values (or rows of values) as one JSON array: a statement parameter the database
+    expands (jsonb_array_elements, json_each). psycopg adapts a Python list to an array
+    value by value in Python (about 6 µs a timestamp); orjson writes the whole list at once.
+    Datetimes must be adapted with `Bulk.dt` (naive UTC), as for every other write."""
     return orjson.dumps(list(values)).decode()
 
 
@@ -204,7 +204,7 @@ class Bulk:
         any number of them, and the database walks them without a row of Python each."""
         if self.postgres:
             return "SELECT unnest(CAST({m} AS bigint[]))", list(ids)
-        return "SELECT value FROM json_each({m})", orjson.dumps(list(ids)).decode()
+        return "SELECT value FROM json_each({m})", _json_list(ids)
 
     def row_set(
         self, types: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -217,7 +217,7 @@ class Bulk:
             return listed, (_json_list(rows),)
         cols = ", ".join(f"json_extract(value, '$[{i}]') AS c{i}" for i in range(len(types)))
         listed = f"SELECT {cols} FROM json_each({{m}})"  # noqa: S608
-        return listed, (orjson.dumps(list(rows)).decode(),)
+        return listed, (_json_list(rows),)
 
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run `sql` (with `{m}` for its placeholders) once per row."""
