@@ -32,6 +32,7 @@ class Customer(Base):
         Index("ix_customers_project_seen_minute", "project_id", "seen_minute"),
         Index("ix_customers_project_ltv", "project_id", "lifetime_value_units"),
         Index("ix_customers_project_id_id", "project_id", "id"),
+        {"postgresql_with": {"fillfactor": 90}},  # room for HOT updates (migration 0009)
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
