@@ -990,3 +990,39 @@ def test_non_object_items_in_a_batch_are_rejected_visibly(tenant: Tenant) -> Non
     rejected = tenant.messages("rejected")
     assert len(rejected) == 3
     assert all(m["reason"] for m in rejected)
+
+
+def test_nul_characters_and_overlong_types_do_not_stall_processing(tenant: Tenant) -> None:
+    """JSON may carry U+0000, which PostgreSQL's text and jsonb refuse: such characters are
+    replaced (U+FFFD) wherever they appear, so the message is applied like any other. A type
+    too long for the message log is still logged, as rejected. Neither holds up the rest."""
+    uid, odd = new_id(), new_id() + "\u0000x"
+    batch = [
+        {"type": "track", "userId": uid, "event": "Before", "messageId": "ok-before"},
+        {
+            "type": "track",
+            "userId": odd,
+            "event": "Sig\u0000ned",
+            "properties": {"note": "a\u0000b", "k\u0000": 1},
+            "messageId": "nul\u0000id",
+        },
+        {"type": "x" * 40, "userId": uid, "messageId": "bad-long-type"},
+        {"type": "track", "userId": uid, "event": "After", "messageId": "ok-after"},
+    ]
+    assert_success(post(tenant, "/v1/batch", {"batch": batch}))
+    tenant.wait_processed(len(batch))
+
+    assert [e["name"] for e in events(tenant, tenant.customer(user_id=uid)["id"])] == [
+        "After",
+        "Before",
+    ]
+    replaced = tenant.customer(user_id=odd.replace("\u0000", "\ufffd"))
+    [event] = events(tenant, replaced["id"])
+    assert event["name"] == "Sig\ufffdned"
+    assert event["properties"] == {"note": "a\ufffdb", "k\ufffd": 1}
+    accepted = {m["message_id"] for m in tenant.messages("accepted")}
+    assert accepted == {"ok-before", "nul\ufffdid", "ok-after"}
+    [long_type] = tenant.messages("rejected")
+    assert long_type["message_id"] == "bad-long-type"
+    assert "type" in long_type["reason"].lower()
+    assert long_type["raw"]["type"] == "x" * 40

@@ -207,6 +207,8 @@ def split_body(
 ) -> list[Entry]:
     """The messages of one stored request body, with batch defaults merged into each."""
     payload = orjson.loads(body)
+    if b"\\u0000" in body:
+        payload = _without_nul(payload)
     default_type: str | None = None
     if kind == "batch":
         items = payload.get("batch", [])
@@ -240,6 +242,18 @@ def split_body(
             )
         )
     return entries
+
+
+def _without_nul(value: Any) -> Any:
+    """`value` with every U+0000 in its strings and keys replaced by U+FFFD: JSON may carry it,
+    PostgreSQL's text and jsonb refuse it, and one such message would fail its whole chunk."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
 
 
 # -- applying ---------------------------------------------------------------------------------
@@ -594,7 +608,7 @@ def _write_log(session: Session, pid: int, entries: list[Entry], now: datetime) 
             (
                 pid,
                 e.message_id,
-                kind if isinstance(kind, str) else None,
+                kind[:16] if isinstance(kind, str) else None,  # as the column holds it
                 e.status,
                 e.reason,
                 user_id,
