@@ -14,9 +14,11 @@ from sqlalchemy.orm import Session
 from tests.cli_support import scratch_database
 from tidings.auth import service as projects
 from tidings.config import Settings
+from tidings.customers import service as customers
 from tidings.customers.models import Customer
 from tidings.db import Database
 from tidings.db.bulk import Bulk
+from tidings.errors import BadRequest
 from tidings.ingest.processor import Entry, apply_entries
 
 ORPHAN = "INSERT INTO customer_tags (customer_id, tag, project_id) VALUES (999999, 'x', 1)"
@@ -234,3 +236,63 @@ def test_json_text_beyond_a_double_still_reads(db: Database) -> None:
         huge = "1" + "0" * 400  # as PostgreSQL prints such a jsonb number
         assert bulk.read_json(f'{{"n": {huge}, "m": 2}}') == {"n": 10**400, "m": 2}
         assert bulk.read_json(b'{"plan": "pro"}') == {"plan": "pro"}
+
+
+def test_recency_pages_hold_whatever_the_session_time_zone_and_the_cursor_offset(
+    db: Database, backend: str
+) -> None:
+    """The list by last seen pages through everyone once, in order, when the database session
+    runs in another time zone than UTC and when a cursor states its time with another offset;
+    a cursor whose time is out of range is a 400, not a crash."""
+    with db.session(write=True) as session:
+        pid = projects.create(session, name="zones").id
+    base = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+    seconds = [5, 20, 20, 50, 75, 130]  # a tie, three in one minute, then later minutes
+    with db.session(write=True) as session:
+        apply_entries(
+            session,
+            [
+                Entry(
+                    pid,
+                    f"z{i}",
+                    base + timedelta(seconds=s + 1),
+                    {
+                        "type": "identify",
+                        "userId": f"z{i}",
+                        "timestamp": (base + timedelta(seconds=s)).isoformat(),
+                    },
+                )
+                for i, s in enumerate(seconds)
+            ],
+        )
+    expected = [f"z{i}" for i in (5, 4, 3, 2, 1, 0)]  # newest first; the tie by id
+
+    def walk(cursor: str | None = None) -> list[str]:
+        seen: list[str] = []
+        with db.session() as session:
+            if backend == "postgres":
+                session.execute(text("SET TimeZone = 'Asia/Kolkata'"))
+            while True:
+                page = customers.browse(
+                    session, project_id=pid, sort="last_seen", limit=2, cursor=cursor
+                )
+                seen += [c.user_id or "" for c in page.data]
+                if page.next_cursor is None or len(seen) > len(expected):  # or it repeats
+                    return seen
+                cursor = page.next_cursor
+
+    assert walk() == expected
+    # The cursor after z3 (seen at 10:00:50 UTC), stated as 15:30:50+05:30.
+    after_z3 = customers.encode_cursor("2026-11-02T15:30:50+05:30", int(_id_of(db, pid, "z3")))
+    assert walk(after_z3) == expected[3:]
+    with pytest.raises(BadRequest):
+        walk(customers.encode_cursor("0001-01-01T00:00:00+05:00", 1))
+
+
+def _id_of(db: Database, pid: int, user_id: str) -> int:
+    with db.session() as session:
+        return int(
+            session.execute(
+                select(Customer.id).where(Customer.project_id == pid, Customer.user_id == user_id)
+            ).scalar_one()
+        )

@@ -19,6 +19,7 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    literal,
     or_,
     select,
     tuple_,
@@ -53,6 +54,7 @@ from tidings.customers.schemas import (
     TraitOut,
 )
 from tidings.customers.traits import normalize_traits
+from tidings.db import UTCDateTime
 from tidings.errors import BadRequest, NotFound
 
 MAX_LIMIT = 200
@@ -87,11 +89,11 @@ def cursor_time(value: Any) -> datetime:
     """A timestamp inside a cursor: aware UTC, or a 400."""
     try:
         parsed = datetime.fromisoformat(str(value))
-    except ValueError as exc:
+        if parsed.tzinfo is None:  # cursors we issue always carry their offset
+            raise ValueError("no offset")
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # OverflowError: out of range once in UTC
         raise BadRequest("The cursor is not valid.", code="invalid_cursor") from exc
-    if parsed.tzinfo is None:  # cursors we issue always carry their offset
-        raise BadRequest("The cursor is not valid.", code="invalid_cursor")
-    return parsed
 
 
 def cursor_int(value: Any) -> int:
@@ -321,8 +323,12 @@ def _sorted_page(
             if len(after) != 2:
                 raise BadRequest("The cursor is not valid.", code="invalid_cursor")
             if sort == "last_seen":
-                at = cursor_time(after[0]).astimezone(UTC)
-                values: list[Any] = [at.replace(second=0, microsecond=0), at]
+                # Bound as the columns store them (naive UTC), whatever the session's TimeZone.
+                at = cursor_time(after[0])
+                values: list[Any] = [
+                    literal(at.replace(second=0, microsecond=0), UTCDateTime()),
+                    literal(at, UTCDateTime()),
+                ]
             else:
                 values = [cursor_int(after[0])]
             # A row-value comparison is an index range; the OR form is not.
