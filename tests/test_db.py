@@ -296,3 +296,26 @@ def _id_of(db: Database, pid: int, user_id: str) -> int:
                 select(Customer.id).where(Customer.project_id == pid, Customer.user_id == user_id)
             ).scalar_one()
         )
+
+
+def test_binary_copy_types_are_the_columns_types(db: Database, backend: str) -> None:
+    """Binary COPY does not convert: the types the processor declares for the timeline's and
+    the message log's columns must be the tables' own (a migration changing one must change
+    them too)."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has no binary COPY")
+    from tidings.customers.batch import _EVENT_COLUMNS
+    from tidings.ingest.processor import _LOG
+
+    with db.session() as session:
+        for table, declared in (("events", _EVENT_COLUMNS), ("ingest_messages", _LOG)):
+            actual = dict(
+                session.execute(
+                    text(
+                        "SELECT column_name, udt_name FROM information_schema.columns "
+                        "WHERE table_schema = 'public' AND table_name = :t"
+                    ),
+                    {"t": table},
+                ).all()
+            )
+            assert {c: actual.get(c) for c, _ in declared} == dict(declared), table
