@@ -319,3 +319,18 @@ def test_binary_copy_types_are_the_columns_types(db: Database, backend: str) -> 
                 ).all()
             )
             assert {c: actual.get(c) for c, _ in declared} == dict(declared), table
+
+
+def test_a_set_based_delete_removes_exactly_the_listed_rows(db: Database) -> None:
+    """`Bulk.delete` with the keys' types (one statement on PostgreSQL) removes the rows whose
+    keys are listed, each once however often listed, and nothing else."""
+    rows = [(s, c) for s in (1, 2) for c in (10, 11, 12)]
+    gone = [(1, 11), (2, 10), (1, 11), (3, 10)]  # a pair twice, one that matches nothing
+    with db.session(write=True) as session:
+        session.execute(text("CREATE TEMPORARY TABLE pairs (s int, c bigint)"))
+        bulk = Bulk(session)
+        bulk.insert("pairs", ("s", "c"), rows)
+        bulk.delete("pairs", ("s", "c"), gone, types=("integer", "bigint"))
+        left = sorted(bulk.fetch("SELECT s, c FROM pairs"))
+        session.execute(text("DROP TABLE pairs"))
+    assert left == [(1, 10), (1, 12), (2, 11), (2, 12)]

@@ -71,6 +71,9 @@ HOLD = {"read": True, "key_share": True}
 FINISH_ATTEMPTS = 3
 # A customer's or segment's rows without foreign keys: `forget` and `drop_segment` remove them.
 ROW_TABLES = ("segment_members", "segment_changes", "segment_timers")
+# The key of a member or timer row, and its columns' PostgreSQL types (for set-based deletes).
+_PAIR = ("segment_id", "customer_id")
+_PAIR_TYPES = ("integer", "bigint")
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,7 +528,7 @@ def apply_changes(
     entered = [(c.segment.id, c.customer_id, at) for c in changes if c.entered]
     exited = [(c.segment.id, c.customer_id) for c in changes if not c.entered]
     bulk.insert("segment_members", ("segment_id", "customer_id", "entered_at"), entered)
-    bulk.delete("segment_members", ("segment_id", "customer_id"), exited)
+    bulk.delete("segment_members", _PAIR, exited, types=_PAIR_TYPES)
     kinds = {True: "entered", False: "exited"}
     bulk.insert(
         "segment_changes",
@@ -599,7 +602,7 @@ def _write_timers(
         return
     bulk = Bulk(session)
     gone = drop_timers + [(s, c) for s, c, _ in set_timers]
-    bulk.delete("segment_timers", ("segment_id", "customer_id"), gone)
+    bulk.delete("segment_timers", _PAIR, gone, types=_PAIR_TYPES)
     bulk.insert(
         "segment_timers",
         ("segment_id", "customer_id", "project_id", "due_at"),
@@ -670,8 +673,9 @@ def run_due_timers(session: Session, *, limit: int = 5000) -> int:
             bulk.select_in("SELECT id FROM customers WHERE 1 = 1", "id", part, lock="KEY SHARE")
     bulk.delete(
         "segment_timers",
-        ("segment_id", "customer_id"),
+        _PAIR,
         [(r.segment_id, r.customer_id) for r in rows],
+        types=_PAIR_TYPES,
     )
     by_project: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
     for r in rows:
