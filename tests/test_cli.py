@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tests.cli_support import (
     wait_healthy,
 )
 from tests.support import TIDINGS, Tenant, free_port, server_env, start_server
+from tidings import cli
 from tidings.config import Settings
 from tidings.db import Database
 from tidings.db import migrate as migrations
@@ -359,3 +361,30 @@ def test_import_into_an_unknown_project_fails_cleanly(sqlite_url: str, tmp_path:
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     assert r.stderr.strip()
+
+
+def test_the_worker_s_sigterm_handler_never_waits_for_the_stop_event_s_lock() -> None:
+    """SIGTERM's handler runs in the main thread, which may be inside Event.wait holding the
+    stop event's internal (non-reentrant) lock at that moment: the handler must return at once,
+    and the worker still stops once the lock is free."""
+
+    class Stoppable:
+        def __init__(self) -> None:
+            self.stop_event = threading.Event()
+
+        def stop(self) -> None:
+            self.stop_event.set()
+
+    w = Stoppable()
+    handler = cli.stop_on_signal(w)  # type: ignore[arg-type]
+    lock = w.stop_event._cond  # what Event.wait holds around its check
+
+    def signal_lands_inside_wait() -> None:
+        with lock:  # this thread plays the main thread, inside Event.wait
+            handler(signal.SIGTERM, None)
+
+    landed = threading.Thread(target=signal_lands_inside_wait, daemon=True)
+    landed.start()
+    landed.join(timeout=5)
+    assert not landed.is_alive(), "the handler waited for a lock its own thread holds"
+    assert w.stop_event.wait(timeout=5)

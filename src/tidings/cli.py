@@ -7,6 +7,8 @@ import logging
 import secrets
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -160,6 +162,18 @@ def _check_smtp_url(url: str | None) -> None:
             _fail(str(exc))
 
 
+def stop_on_signal(w: Worker) -> Callable[..., None]:
+    """A signal handler that stops the worker. It runs in the main thread between two of its
+    bytecodes, possibly while the worker loop holds its stop event's internal lock (inside
+    Event.wait): setting the event right there would wait for that lock forever, so another
+    thread sets it."""
+
+    def handler(*_: object) -> None:
+        threading.Thread(target=w.stop, name="tidings-stop").start()
+
+    return handler
+
+
 @app.command()
 def worker() -> None:
     """Process the ingestion inbox and background jobs (run as many as you like on PostgreSQL)."""
@@ -173,7 +187,7 @@ def worker() -> None:
     ensure_inbox_schema(db)
     w = Worker(db)
     settle_heap()
-    signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    signal.signal(signal.SIGTERM, stop_on_signal(w))
     console.print(f"Worker {w.name} started.")
     sys.stdout.flush()  # supervisors wait for this line
     try:
