@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import Result, text
 from sqlalchemy.orm import Session
 
@@ -489,16 +490,23 @@ def event_summaries(
     bulk = Bulk(session)
     for c, ids in wanted.items():
         q = builder(session, project_id, now)
+        # The ids are one parameter: the statement's text is the same from chunk to chunk.
+        param = q.bind(None)
+        listed = (
+            f"SELECT CAST(value AS bigint) FROM jsonb_array_elements_text(CAST({param} AS jsonb))"
+            if q.postgres
+            else f"SELECT value FROM json_each({param})"
+        )
         match = event_match(q, c, window=c.recency is None)
+        # The customers are the project's (their facts were read with its id), and so are
+        # their events: without a project test the index answers for the event alone.
+        statement = (
+            "SELECT e.customer_id, COUNT(*), MIN(e.timestamp), MAX(e.timestamp) "
+            f"FROM events e WHERE e.customer_id IN ({listed}) AND {match} "
+            "GROUP BY e.customer_id"
+        )
         for part in chunks(sorted(ids)):
-            # The customers are the project's (their facts were read with its id), and so
-            # are their events: without a project test the index answers for the event alone.
-            in_list = ", ".join(str(int(cid)) for cid in part)
-            statement = (
-                "SELECT e.customer_id, COUNT(*), MIN(e.timestamp), MAX(e.timestamp) "
-                f"FROM events e WHERE e.customer_id IN ({in_list}) AND {match} "
-                "GROUP BY e.customer_id"
-            )
+            q.params[param[1:]] = orjson.dumps(part).decode()
             for cid, count, first, last in fetch(session, q, statement):
                 yield c, cid, Summary(count, bulk.read_dt(first), bulk.read_dt(last))
 
