@@ -10,6 +10,7 @@ holds, which dedup then skips.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -668,16 +669,38 @@ def _process_one_by_one(db: Database, chunk: Chunk) -> dict[int, dict[str, int]]
                 None,
                 None,
             )
-            with db.session(write=True) as session:
-                if not _known_ids(session, e.project_id, [e.message_id]):
-                    _write_log(session, e.project_id, [e], clock.now())
-                    counts = {e.project_id: {"failed": 1}}
-                else:
-                    counts = {}
+            counts = _log_failure(db, e)
         for pid, c in counts.items():
             for k, v in c.items():
                 totals[pid][k] += v
     return {pid: dict(c) for pid, c in totals.items()}
+
+
+def _log_failure(db: Database, e: Entry) -> dict[int, dict[str, int]]:
+    """Log a failed message. Should the database refuse even that row (a value it cannot
+    store), the message is logged in ASCII, its raw JSON as escaped text: it is kept, and the
+    inbox moves on instead of retrying the chunk forever. Should that row fail too (the
+    database is unreachable), the error is raised: the chunk stays in the inbox for a retry."""
+    try:
+        return _write_failure(db, e)
+    except Exception:
+        log.exception("the log refused a failed message", extra={"message_id": e.message_id})
+    e.raw = {"unstored": json.dumps(e.raw, ensure_ascii=True, default=repr)}
+    e.reason = _ascii(e.reason or "")
+    e.message_id = _ascii(e.message_id)[:100]
+    return _write_failure(db, e)
+
+
+def _write_failure(db: Database, e: Entry) -> dict[int, dict[str, int]]:
+    with db.session(write=True) as session:
+        if _known_ids(session, e.project_id, [e.message_id]):
+            return {}
+        _write_log(session, e.project_id, [e], clock.now())
+        return {e.project_id: {"failed": 1}}
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 # -- the lease and the loop -------------------------------------------------------------------

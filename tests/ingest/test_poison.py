@@ -1,0 +1,174 @@
+"""A message that breaks its chunk: the chunk is applied again one message at a time, the
+message is logged as failed with its raw JSON, and the inbox moves on. No message is known to
+break processing any more (such inputs were fixed where found), so the breakage is injected."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import func, insert, select
+
+from tests.cli_support import scratch_database
+from tidings import clock
+from tidings.auth import service as projects
+from tidings.config import Settings
+from tidings.customers.models import Customer
+from tidings.db import Database, table_of
+from tidings.ingest import processor
+from tidings.ingest.models import InboxItem, IngestMessage
+
+
+@pytest.fixture(scope="module")
+def db(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    workdir: Path = tmp_path_factory.mktemp("poison")
+    with scratch_database(backend, workdir) as url:
+        database = Database(Settings(database_url=url))
+        yield database
+        database.dispose()
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def batch(db: Database, run: str) -> tuple[int, list[dict[str, Any]]]:
+    """A project and a batch in its inbox: two good messages around a poisoned one."""
+    with db.session(write=True) as session:
+        pid = projects.create(session, name=f"poison-{run}").id
+    messages = [
+        {"type": "identify", "userId": f"{run}-a", "messageId": f"{run}-ok-1", "traits": {}},
+        {
+            "type": "track",
+            "userId": f"{run}-b",
+            "event": "Poisoned é",
+            "messageId": f"{run}-poison",
+            "properties": {"note": "ü"},
+        },
+        {"type": "track", "userId": f"{run}-c", "event": "Fine", "messageId": f"{run}-ok-2"},
+    ]
+    with db.inbox_write_engine.begin() as conn:
+        conn.execute(
+            insert(table_of(InboxItem)),
+            [
+                {
+                    "project_id": pid,
+                    "kind": "batch",
+                    "body": orjson.dumps({"batch": messages}),
+                    "received_at": clock.now(),
+                    "ip": None,
+                    "token": uuid.uuid4().hex,
+                }
+            ],
+        )
+    return pid, messages
+
+
+def poison(monkeypatch: pytest.MonkeyPatch, *, log_refuses: str | None = None) -> None:
+    """Applying a chunk that holds a "-poison" message raises; with `log_refuses`, so does
+    logging it, once (the raw JSON as given) or always ("always")."""
+    refresh = processor._refresh_segments
+    write_log = processor._write_log
+
+    def broken_refresh(session: Any, pid: int, batch: Any, entries: Any, known: Any) -> None:
+        if any(e.message_id.endswith("-poison") for e in entries):
+            raise Boom("this message breaks its chunk")
+        refresh(session, pid, batch, entries, known)
+
+    def refusing_log(session: Any, pid: int, entries: Any, now: Any) -> None:
+        for e in entries:
+            if e.message_id.endswith("-poison") and (
+                log_refuses == "always" or "unstored" not in e.raw
+            ):
+                raise Boom("the log refuses this row")
+        write_log(session, pid, entries, now)
+
+    monkeypatch.setattr(processor, "_refresh_segments", broken_refresh)
+    if log_refuses is not None:
+        monkeypatch.setattr(processor, "_write_log", refusing_log)
+
+
+def logged(db: Database, pid: int) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
+    """message_id: (status, reason, raw) of the project's log."""
+    t = table_of(IngestMessage)
+    with db.session() as session:
+        rows = session.execute(
+            select(t.c.message_id, t.c.status, t.c.reason, t.c.raw).where(t.c.project_id == pid)
+        )
+        return {mid: (status, reason, raw) for mid, status, reason, raw in rows}
+
+
+def inbox_size(db: Database, pid: int) -> int:
+    t = table_of(InboxItem)
+    with db.inbox_engine.connect() as conn:
+        query = select(func.count()).select_from(t).where(t.c.project_id == pid)
+        return int(conn.execute(query).scalar_one())
+
+
+def customers(db: Database, pid: int) -> set[str]:
+    with db.session() as session:
+        return set(session.scalars(select(Customer.user_id).where(Customer.project_id == pid)))
+
+
+def test_a_poisoned_message_fails_alone(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    pid, messages = batch(db, "alone")
+    poison(monkeypatch)
+    assert processor.drain(db, chunk_size=100) == 3
+    log = logged(db, pid)
+    assert {mid: status for mid, (status, _, _) in log.items()} == {
+        "alone-ok-1": "accepted",
+        "alone-poison": "failed",
+        "alone-ok-2": "accepted",
+    }
+    _, reason, raw = log["alone-poison"]
+    assert reason == "Boom: this message breaks its chunk"
+    assert raw == messages[1]
+    assert customers(db, pid) == {"alone-a", "alone-c"}
+    assert inbox_size(db, pid) == 0
+
+
+def test_a_failed_message_the_log_refuses_is_kept_as_text(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid, messages = batch(db, "text")
+    poison(monkeypatch, log_refuses="once")
+    assert processor.drain(db, chunk_size=100) == 3
+    log = logged(db, pid)
+    status, reason, raw = log["text-poison"]
+    assert status == "failed"
+    assert reason == "Boom: this message breaks its chunk"
+    assert set(raw) == {"unstored"}
+    assert raw["unstored"].isascii()
+    assert json.loads(raw["unstored"]) == messages[1]
+    assert {log[m][0] for m in ("text-ok-1", "text-ok-2")} == {"accepted"}
+    assert inbox_size(db, pid) == 0
+
+
+def test_a_chunk_whose_failure_cannot_be_logged_stays_in_the_inbox(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when the database is down: nothing acknowledged is dropped; the next attempt, once
+    the log takes the row again, finishes the chunk without applying a message twice."""
+    pid, messages = batch(db, "retry")
+    poison(monkeypatch, log_refuses="always")
+    with pytest.raises(Boom, match="refuses"):
+        processor.drain(db, chunk_size=100)
+    assert inbox_size(db, pid) == 1
+    assert "retry-poison" not in logged(db, pid)
+
+    monkeypatch.undo()
+    poison(monkeypatch)  # the log works again; the message still breaks its chunk
+    assert processor.drain(db, chunk_size=100) == 3
+    log = logged(db, pid)
+    assert {mid: status for mid, (status, _, _) in log.items()} == {
+        "retry-ok-1": "accepted",
+        "retry-poison": "failed",
+        "retry-ok-2": "accepted",
+    }
+    assert log["retry-poison"][2] == messages[1]
+    assert inbox_size(db, pid) == 0
