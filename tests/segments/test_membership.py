@@ -280,6 +280,28 @@ def test_leaves_an_active_segment_on_time_without_a_new_event(project: Project) 
     assert p.members(active) == set()
 
 
+def test_reserved_traits_match_in_either_spelling(project: Project) -> None:
+    """Profiles keep reserved traits in snake_case (`createdAt` arrives as `created_at`): a
+    rule may name them either way, in upkeep and in a full computation alike."""
+    p = project
+    camel = ready(
+        p, "New (createdAt)", {"trait": "createdAt", "op": "within_last_days", "value": 30}
+    )
+    snake = ready(
+        p, "New (created_at)", {"trait": "created_at", "op": "within_last_days", "value": 30}
+    )
+    named = ready(p, "Called Ann", {"trait": "firstName", "op": "eq", "value": "Ann"})
+    p.send(identify("ann", {"createdAt": iso(clock.now() - 2 * DAY), "firstName": "Ann"}))
+    p.send(identify("bob", {"createdAt": iso(clock.now() - 90 * DAY), "firstName": "Bob"}))
+    ann = p.customer("ann")
+    assert p.members(camel) == p.members(snake) == p.members(named) == {ann}
+    p.update(camel, {"trait": "createdAt", "op": "within_last_days", "value": 31})
+    p.update(named, {"trait": "firstName", "op": "in", "value": ["Ann", "Bob"]})
+    p.run_jobs()
+    assert p.members(camel) == {ann}
+    assert p.members(named) == {ann, p.customer("bob")}
+
+
 def test_domain_events_report_each_entry_and_exit(project: Project) -> None:
     p = project
     active = ready(p, "Active", {"event": "Opened App", "op": "performed", "within_days": 7})
