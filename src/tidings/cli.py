@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Annotated
 
@@ -329,9 +330,22 @@ def _definitions(path: Path) -> list[object]:
         doc = json.loads(raw) if path.suffix.lower() == ".json" else yaml.safe_load(raw)
     except (ValueError, yaml.YAMLError) as exc:
         _fail(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}")
+    doc = _dates_as_text(doc)
     if isinstance(doc, dict) and isinstance(doc.get("segments"), list):
         return list(doc["segments"])
     return list(doc) if isinstance(doc, list) else [doc]
+
+
+def _dates_as_text(value: object) -> object:
+    """YAML reads an unquoted 2026-01-31 as a date: rules take dates as ISO-8601 text, as in
+    JSON."""
+    if isinstance(value, date):  # datetime included
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _dates_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_dates_as_text(v) for v in value]
+    return value
 
 
 @segments_app.command("apply")

@@ -170,6 +170,40 @@ segments:
     assert applied(tenant, as_yaml) == {"Free users": "unchanged"}
 
 
+def test_unquoted_yaml_dates_are_dates(tenant: Tenant, tmp_path: Path) -> None:
+    """YAML reads 2026-01-01 as a date, not text: such a definition means what the same one
+    in JSON (dates as ISO-8601 text) means."""
+    dated = tmp_path / "dated.yaml"
+    dated.write_text(
+        """\
+name: January sign-ups
+rules:
+  all:
+    - trait: signed_up_at
+      op: after
+      value: 2026-01-01
+    - event: Signed In
+      op: performed
+      between: [2026-01-01, 2026-01-31 23:59:59]
+""",
+        encoding="utf-8",
+    )
+    assert applied(tenant, dated) == {"January sign-ups": "created"}
+    rules = {
+        "all": [
+            {"trait": "signed_up_at", "op": "after", "value": "2026-01-01"},
+            {
+                "event": "Signed In",
+                "op": "performed",
+                "between": ["2026-01-01", "2026-01-31T23:59:59"],
+            },
+        ]
+    }
+    assert segments(tenant)["January sign-ups"]["rules"] == rules
+    as_json = write_json(tmp_path / "dated.json", {"name": "January sign-ups", "rules": rules})
+    assert applied(tenant, as_json) == {"January sign-ups": "unchanged"}
+
+
 def test_a_changed_definition_is_updated_and_its_dependents_recomputed(
     people: Tenant, tmp_path: Path
 ) -> None:
