@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 
 import pytest
 from segment.analytics.client import Client as SegmentClient
+from sqlalchemy import update
 
 from tests.customers.messages import ISO_MS, assert_error, identify, iso, track
 from tests.support import LiveServer, Tenant
+from tidings.segments.models import Segment
 
 T = TypeVar("T")
 PRO = {"trait": "plan", "op": "eq", "value": "pro"}
@@ -175,6 +177,25 @@ def test_create_read_update_delete(tenant: Tenant) -> None:
     assert_error(tenant.api.get(f"/api/segments/{sid}"), 404, "segment_not_found")
     assert [s["id"] for s in tenant.get("/api/segments")["data"]] == [second["id"]]
     assert segments_of(tenant, cid(tenant, "ann")).keys() == {"All"}
+
+
+def test_the_same_rules_again_recompute_a_failed_segment(tenant: Tenant) -> None:
+    """A failed computation (left failed by the worker, say on a database outage) is tried
+    again by sending the definition again; for a ready segment that changes nothing."""
+    tenant.send([identify("ann", {"plan": "pro"}), identify("bob", {"plan": "free"})])
+    sid = ready(tenant, "Pro users", PRO)["id"]
+    with tenant.server.db.session(write=True) as session:
+        session.execute(
+            update(Segment)
+            .where(Segment.id == sid)
+            .values(status="failed", error="The computation failed.", member_count=0)
+        )
+    assert patch(tenant, sid, name="Pro")["status"] == "failed"  # no rules: nothing to retry
+    retried = patch(tenant, sid, rules=PRO)
+    assert (retried["status"], retried["version"]) == ("computing", 2)
+    body = wait_ready(tenant, sid)
+    assert (body["error"], body["member_count"]) == (None, 1)
+    assert member_ids(tenant, sid) == [cid(tenant, "ann")]
 
 
 def test_computing_then_ready_and_paged_members(tenant: Tenant) -> None:

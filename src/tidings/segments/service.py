@@ -273,7 +273,8 @@ def update(
     description: str | None = None,
     rules: Any = None,
 ) -> Segment:
-    """Rename, describe or redefine; new rules recompute it and every segment built on it."""
+    """Rename, describe or redefine; new rules recompute it and every segment built on it, and
+    so do the same rules again for a segment whose computation failed."""
     seg = get_or_raise(session, project_id=project_id, segment_id=segment_id)
     if name is not None:
         seg.name = _check_name(session, project_id, name, segment_id)
@@ -282,7 +283,7 @@ def update(
     if rules is not None:
         tree = check_rules(session, project_id=project_id, rules=rules, segment_id=segment_id)
         canonical = _canonical(rules, session, project_id)
-        if canonical != seg.rules:
+        if canonical != seg.rules or seg.status == "failed":
             seg.rules = canonical
             seg.refs = sorted(referenced_segments(tree))
             for dependent in [seg, *_dependents(session, project_id, segment_id)]:
