@@ -306,6 +306,9 @@ def test_entry_on_a_new_event_and_exit_on_a_trait_change(tenant: Tenant) -> None
     assert segments_of(tenant, customer).keys() == {"Repeat buyers"}
     got = tenant.get(f"/api/segments/{pro['id']}")
     assert (got["member_count"], got["entered_7d"], got["exited_7d"]) == (0, 1, 1)
+    # An edit's answer shows the same growth.
+    renamed = patch(tenant, pro["id"], description="On the pro plan")
+    assert (renamed["entered_7d"], renamed["exited_7d"]) == (1, 1)
     assert member_ids(tenant, pro["id"]) == []
 
     # Each entry and exit is on the customer's timeline.

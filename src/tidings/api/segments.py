@@ -54,7 +54,9 @@ def preview(ctx: Reader, body: PreviewIn) -> PreviewOut:
 @router.get("/segments/{segment_id}", response_model=SegmentOut)
 def get_segment(ctx: Reader, segment_id: int) -> SegmentOut:
     seg = service.get_or_raise(ctx.session, project_id=ctx.project_id, segment_id=segment_id)
-    return service.to_out(seg, service.growth(ctx.session, project_id=ctx.project_id))
+    return service.to_out(
+        seg, service.growth(ctx.session, project_id=ctx.project_id, segment_id=seg.id)
+    )
 
 
 @router.patch("/segments/{segment_id}", response_model=SegmentOut)
@@ -68,7 +70,9 @@ def update_segment(ctx: Writer, segment_id: int, body: SegmentPatch) -> SegmentO
         description=body.description,
         rules=body.rules,
     )
-    return service.to_out(seg)
+    return service.to_out(
+        seg, service.growth(ctx.session, project_id=ctx.project_id, segment_id=seg.id)
+    )
 
 
 @router.delete("/segments/{segment_id}", status_code=204)

@@ -76,18 +76,20 @@ def to_out(seg: Segment, growth: dict[tuple[int, str], int] | None = None) -> Se
     )
 
 
-def growth(session: Session, *, project_id: int, days: int = 7) -> dict[tuple[int, str], int]:
-    """Entries and exits per segment over the last `days` days (full computations aside)."""
+def growth(
+    session: Session, *, project_id: int, segment_id: int | None = None, days: int = 7
+) -> dict[tuple[int, str], int]:
+    """Entries and exits per segment (or of one) over the last `days` days (full computations
+    aside)."""
     since = clock.now() - timedelta(days=days)
-    rows = session.execute(
-        select(SegmentChange.segment_id, SegmentChange.change, func.count())
-        .where(
-            SegmentChange.project_id == project_id,
-            SegmentChange.at >= since,
-            SegmentChange.source != "compute",
-        )
-        .group_by(SegmentChange.segment_id, SegmentChange.change)
+    query = select(SegmentChange.segment_id, SegmentChange.change, func.count()).where(
+        SegmentChange.project_id == project_id,
+        SegmentChange.at >= since,
+        SegmentChange.source != "compute",
     )
+    if segment_id is not None:
+        query = query.where(SegmentChange.segment_id == segment_id)
+    rows = session.execute(query.group_by(SegmentChange.segment_id, SegmentChange.change))
     return {(sid, change): n for sid, change, n in rows}
 
 

@@ -45,7 +45,9 @@ def _names(session: Session, project_id: int) -> dict[int, str]:
 
 def _segment_out(session: Session, project_id: int, segment_id: int) -> SegmentOut:
     seg = segments.get_or_raise(session, project_id=project_id, segment_id=segment_id)
-    return segments.to_out(seg, segments.growth(session, project_id=project_id))
+    return segments.to_out(
+        seg, segments.growth(session, project_id=project_id, segment_id=segment_id)
+    )
 
 
 # -- list ---------------------------------------------------------------------------------------
