@@ -639,7 +639,15 @@ def test_error_codes(tenant: Tenant) -> None:
         r = tenant.api.post("/api/segments", json={"name": "Bad", "rules": rules})
         assert_error(r, 400, "invalid_segment")
     assert_error(tenant.api.post("/api/segments", json={"name": "  ", "rules": PRO}), 400)
-    assert_error(tenant.api.post("/api/segments", json={"name": "x", "rules": [PRO]}), 422)
+    for rules in ([PRO], "plan = pro", 3):
+        err = assert_error(
+            tenant.api.post("/api/segments", json={"name": "x", "rules": rules}),
+            400,
+            "invalid_segment",
+        )
+        assert err["message"].startswith("rules: expected an object"), err["message"]
+        r = tenant.api.post("/api/segments/preview", json={"rules": rules})
+        assert_error(r, 400, "invalid_segment")
     assert_error(tenant.api.post("/api/segments", json={"rules": PRO}), 422)
     r = tenant.api.patch(f"/api/segments/{sid}", json={"rules": {"trait": "plan", "op": "?"}})
     assert_error(r, 400, "invalid_segment")
@@ -657,6 +665,14 @@ def test_error_codes(tenant: Tenant) -> None:
     # segment_cycle: a segment may not refer to itself.
     r = tenant.api.patch(f"/api/segments/{sid}", json={"rules": {"segment": sid, "op": "in"}})
     assert_error(r, 400, "segment_cycle")
+    # A longer one is named by the condition that leads into it.
+    via = create(tenant, "Via", {"segment": sid, "op": "in"})
+    looped = {"any": [PRO, {"not": {"segment": via["id"], "op": "in"}}]}
+    err = assert_error(
+        tenant.api.patch(f"/api/segments/{sid}", json={"rules": looped}), 400, "segment_cycle"
+    )
+    assert err["message"].startswith("rules.any[1].not: segment "), err["message"]
+    assert tenant.api.delete(f"/api/segments/{via['id']}").status_code == 204
 
     # segment_exists: names are unique within the project (creating and renaming).
     r = tenant.api.post("/api/segments", json={"name": "Pro", "rules": PRO})

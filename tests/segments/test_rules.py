@@ -517,10 +517,10 @@ def test_resolve_inlines_referenced_segments() -> None:
 
 
 @pytest.mark.parametrize(
-    ("definitions", "start"),
+    ("definitions", "start", "at"),
     [
-        ({1: {"segment": 1, "op": "in"}}, 1),
-        ({1: {"segment": 2, "op": "in"}, 2: {"not": {"segment": 1, "op": "not_in"}}}, 1),
+        ({1: {"segment": 1, "op": "in"}}, 1, "rules"),
+        ({1: {"segment": 2, "op": "in"}, 2: {"not": {"segment": 1, "op": "not_in"}}}, 1, "rules"),
         (
             {
                 1: {"all": [{"tag": "a", "op": "has"}, {"segment": 2, "op": "in"}]},
@@ -528,6 +528,15 @@ def test_resolve_inlines_referenced_segments() -> None:
                 3: {"segment": 1, "op": "not_in"},
             },
             2,
+            "rules.any[0]",
+        ),
+        (
+            {
+                1: {"all": [{"tag": "a", "op": "has"}, {"not": {"segment": 2, "op": "in"}}]},
+                2: {"segment": 1, "op": "in"},
+            },
+            1,
+            "rules.all[1].not",
         ),
         # The cycle need not pass through the segment being resolved.
         (
@@ -537,15 +546,19 @@ def test_resolve_inlines_referenced_segments() -> None:
                 3: {"segment": 2, "op": "in"},
             },
             1,
+            "rules",
         ),
     ],
 )
-def test_resolve_refuses_cycles(definitions: dict[int, Any], start: int) -> None:
+def test_resolve_refuses_cycles(definitions: dict[int, Any], start: int, at: str) -> None:
+    """The error names the condition of the definition being resolved that leads into the
+    cycle, wherever in the referenced segments the cycle closes."""
     parsed = segments_lookup(definitions)
     with pytest.raises(InvalidDefinition) as caught:
         resolve(parsed[start], parsed.get)
     assert caught.value.code == "segment_cycle"
     assert caught.value.http_status == 400
+    assert caught.value.message.startswith(f"{at}: segment ")
     assert "cannot refer to each other in a cycle" in caught.value.message
 
 
@@ -554,7 +567,7 @@ def test_resolve_refuses_unknown_segments() -> None:
     with pytest.raises(InvalidDefinition) as caught:
         resolve(parsed[1], parsed.get)
     assert caught.value.code == "unknown_segment"
-    assert caught.value.message == "segment 9: no such segment in this project"
+    assert caught.value.message == "rules.all[1].not: segment 9: no such segment in this project"
 
 
 # -- value tests ------------------------------------------------------------------------------

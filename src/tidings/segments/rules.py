@@ -680,28 +680,49 @@ def referenced_segments(node: Node) -> set[int]:
 
 
 def resolve(
-    node: Node, lookup: Callable[[int], Node | None], *, _seen: tuple[int, ...] = ()
+    node: Node,
+    lookup: Callable[[int], Node | None],
+    *,
+    _seen: tuple[int, ...] = (),
+    _at: str | None = "rules",
 ) -> Node:
-    """Inline the rules of every referenced segment; raises on a cycle or a missing segment."""
+    """Inline the rules of every referenced segment; raises on a cycle or a missing segment,
+    naming the condition of this tree (`rules.all[2]`, ...) that leads to it. `_at` is that
+    condition's place, None inside a referenced segment's rules (the place stays the same)."""
+
+    def at(step: str) -> str | None:
+        return None if _at is None else f"{_at}.{step}"
+
     if isinstance(node, Group):
-        return Group(node.kind, tuple(resolve(c, lookup, _seen=_seen) for c in node.children))
+        return Group(
+            node.kind,
+            tuple(
+                resolve(c, lookup, _seen=_seen, _at=at(f"{node.kind}[{i}]"))
+                for i, c in enumerate(node.children)
+            ),
+        )
     if isinstance(node, Not):
-        return Not(resolve(node.child, lookup, _seen=_seen))
+        return Not(resolve(node.child, lookup, _seen=_seen, _at=at("not")))
     if isinstance(node, SegmentCond):
-        if node.segment_id in _seen:
-            chain = " -> ".join(str(s) for s in (*_seen, node.segment_id))
-            raise InvalidDefinition(
-                f"segment {node.segment_id}: segments cannot refer to each other in a cycle "
-                f"({chain})",
-                code="segment_cycle",
-            )
-        target = lookup(node.segment_id)
-        if target is None:
-            raise InvalidDefinition(
-                f"segment {node.segment_id}: no such segment in this project",
-                code="unknown_segment",
-            )
-        inner = resolve(target, lookup, _seen=(*_seen, node.segment_id))
+        try:
+            if node.segment_id in _seen:
+                chain = " -> ".join(str(s) for s in (*_seen, node.segment_id))
+                raise InvalidDefinition(
+                    f"segment {node.segment_id}: segments cannot refer to each other in a "
+                    f"cycle ({chain})",
+                    code="segment_cycle",
+                )
+            target = lookup(node.segment_id)
+            if target is None:
+                raise InvalidDefinition(
+                    f"segment {node.segment_id}: no such segment in this project",
+                    code="unknown_segment",
+                )
+            inner = resolve(target, lookup, _seen=(*_seen, node.segment_id), _at=None)
+        except InvalidDefinition as exc:
+            if _at is None:
+                raise
+            raise InvalidDefinition(f"{_at}: {exc.message}", code=exc.code) from None
         return SegmentCond(node.segment_id, node.inside, inner)
     return node
 

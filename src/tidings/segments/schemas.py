@@ -6,21 +6,25 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+# Rules are checked by the segments' own parser, whose errors name the offending condition
+# (`400 invalid_segment`), a definition that is not even an object included.
+RULES = "a condition or an all / any / not group of them (see the README)"
+
 
 class SegmentIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=5000)
-    rules: dict[str, Any]
+    rules: Any = Field(description=RULES)
 
 
 class SegmentPatch(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=5000)
-    rules: dict[str, Any] | None = None
+    rules: Any = Field(default=None, description=RULES)
 
 
 class PreviewIn(BaseModel):
-    rules: dict[str, Any]
+    rules: Any = Field(description=RULES)
     sample: int = Field(default=10, ge=0, le=100)
 
 
