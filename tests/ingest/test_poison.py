@@ -5,6 +5,7 @@ break processing any more (such inputs were fixed where found), so the breakage 
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 
 import orjson
 import pytest
+from psycopg.errors import DeadlockDetected, LockNotAvailable, UniqueViolation
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import DBAPIError
 
 from tests.cli_support import scratch_database
 from tidings import clock
@@ -69,15 +72,24 @@ def batch(db: Database, run: str) -> tuple[int, list[dict[str, Any]]]:
     return pid, messages
 
 
-def poison(monkeypatch: pytest.MonkeyPatch, *, log_refuses: str | None = None) -> None:
-    """Applying a chunk that holds a "-poison" message raises; with `log_refuses`, so does
-    logging it, once (the raw JSON as given) or always ("always")."""
+def poison(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    log_refuses: str | None = None,
+    error: Exception | None = None,
+    alone: Exception | None = None,
+) -> None:
+    """Applying a chunk that holds a "-poison" message raises (`error`, by default a Boom; when
+    the message is applied on its own, `alone` if given); with `log_refuses`, so does logging
+    it, once (the raw JSON as given) or always ("always")."""
     refresh = processor._refresh_segments
     write_log = processor._write_log
 
     def broken_refresh(session: Any, pid: int, batch: Any, entries: Any, known: Any) -> None:
         if any(e.message_id.endswith("-poison") for e in entries):
-            raise Boom("this message breaks its chunk")
+            if alone is not None and len(entries) == 1:
+                raise alone
+            raise error or Boom("this message breaks its chunk")
         refresh(session, pid, batch, entries, known)
 
     def refusing_log(session: Any, pid: int, entries: Any, now: Any) -> None:
@@ -171,4 +183,66 @@ def test_a_chunk_whose_failure_cannot_be_logged_stays_in_the_inbox(
         "retry-ok-2": "accepted",
     }
     assert log["retry-poison"][2] == messages[1]
+    assert inbox_size(db, pid) == 0
+
+
+def busy_sqlite(path: Path) -> sqlite3.OperationalError:
+    """The error SQLite gives a writer while another holds the write lock."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        return exc
+    finally:
+        holder.close()
+        other.close()
+    raise AssertionError("the second writer was let in")
+
+
+def test_transient_errors_are_told_from_data_errors(tmp_path: Path) -> None:
+    busy = busy_sqlite(tmp_path / "busy.db")
+    assert processor.transient(busy)
+    assert processor.transient(DBAPIError("BEGIN", {}, busy))
+    assert processor.transient(DBAPIError("SELECT 1", {}, DeadlockDetected("deadlock detected")))
+    assert processor.transient(DBAPIError("SELECT 1", {}, LockNotAvailable("lock timeout")))
+    conn = sqlite3.connect(tmp_path / "busy.db")
+    with pytest.raises(sqlite3.OperationalError) as missing:
+        conn.execute("SELECT * FROM no_such_table")
+    conn.close()
+    assert not processor.transient(missing.value)
+    assert not processor.transient(DBAPIError("INSERT", {}, UniqueViolation("duplicate key")))
+    assert not processor.transient(Boom("this message breaks its chunk"))
+
+
+@pytest.mark.parametrize(("kind", "when"), [("deadlock", "chunk"), ("busy", "alone")])
+def test_a_transient_error_fails_no_message(
+    db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str, when: str
+) -> None:
+    """A deadlock, a locked or an unreachable database says nothing about the messages, whether
+    it breaks the chunk or, once the chunk is applied message by message, one of them: the
+    chunk stays in the inbox, and once the database is well again every message is applied."""
+    pid, _ = batch(db, f"transient-{kind}")
+    orig = (
+        DeadlockDetected("deadlock detected")
+        if kind == "deadlock"
+        else busy_sqlite(tmp_path / "b.db")
+    )
+    error = DBAPIError("UPDATE segments", {}, orig)
+    if when == "chunk":
+        poison(monkeypatch, error=error)
+    else:
+        poison(monkeypatch, alone=error)
+    with pytest.raises(DBAPIError):
+        processor.drain(db, chunk_size=100)
+    assert inbox_size(db, pid) == 1
+    # Message by message, those before it were applied; it was not marked failed.
+    before = {} if when == "chunk" else {f"transient-{kind}-ok-1": "accepted"}
+    assert {mid: status for mid, (status, _, _) in logged(db, pid).items()} == before
+
+    monkeypatch.undo()
+    assert processor.drain(db, chunk_size=100) == 3
+    assert {status for status, _, _ in logged(db, pid).values()} == {"accepted"}
+    assert customers(db, pid) == {f"transient-{kind}-{x}" for x in "abc"}
     assert inbox_size(db, pid) == 0

@@ -184,6 +184,7 @@ def test_the_same_rules_again_recompute_a_failed_segment(tenant: Tenant) -> None
     again by sending the definition again; for a ready segment that changes nothing."""
     tenant.send([identify("ann", {"plan": "pro"}), identify("bob", {"plan": "free"})])
     sid = ready(tenant, "Pro users", PRO)["id"]
+    built_on = ready(tenant, "Not pro", {"not": {"segment": sid, "op": "in"}})
     with tenant.server.db.session(write=True) as session:
         session.execute(
             update(Segment)
@@ -196,6 +197,8 @@ def test_the_same_rules_again_recompute_a_failed_segment(tenant: Tenant) -> None
     body = wait_ready(tenant, sid)
     assert (body["error"], body["member_count"]) == (None, 1)
     assert member_ids(tenant, sid) == [cid(tenant, "ann")]
+    # The segment built on it was not failed, and is not recomputed.
+    assert tenant.get(f"/api/segments/{built_on['id']}")["version"] == built_on["version"] == 1
 
 
 def test_computing_then_ready_and_paged_members(tenant: Tenant) -> None:

@@ -282,7 +282,8 @@ def test_leaves_an_active_segment_on_time_without_a_new_event(project: Project) 
 
 def test_reserved_traits_match_in_either_spelling(project: Project) -> None:
     """Profiles keep reserved traits in snake_case (`createdAt` arrives as `created_at`): a
-    rule may name them either way, in upkeep and in a full computation alike."""
+    rule may name them either way, in upkeep and in a full computation alike; it is stored
+    under the profile's name."""
     p = project
     camel = ready(
         p, "New (createdAt)", {"trait": "createdAt", "op": "within_last_days", "value": 30}
@@ -295,6 +296,12 @@ def test_reserved_traits_match_in_either_spelling(project: Project) -> None:
     p.send(identify("bob", {"createdAt": iso(clock.now() - 90 * DAY), "firstName": "Bob"}))
     ann = p.customer("ann")
     assert p.members(camel) == p.members(snake) == p.members(named) == {ann}
+    assert p.segment(camel).rules == {"trait": "created_at", "op": "within_last_days", "value": 30}
+    assert p.segment(named).rules["trait"] == "first_name"
+    grouped = p.create("Dated groups", {"group_trait": "createdAt.year", "op": "exists"})
+    assert p.segment(grouped).rules["group_trait"] == "created_at.year"
+    nested = p.create("By city", {"trait": "address.city", "op": "eq", "value": "Oslo"})
+    assert p.segment(nested).rules["trait"] == "address.city"
     p.update(camel, {"trait": "createdAt", "op": "within_last_days", "value": 31})
     p.update(named, {"trait": "firstName", "op": "in", "value": ["Ann", "Bob"]})
     p.run_jobs()

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tidings import clock
@@ -631,7 +632,9 @@ def process_chunk(db: Database, chunk: Chunk) -> dict[int, dict[str, int]]:
             counts = apply_entries(session, chunk.entries)
             if not db.separate_inbox:
                 _delete_inbox(session, chunk.inbox_ids)
-    except Exception:
+    except Exception as exc:
+        if transient(exc):
+            raise  # the chunk stays in the inbox and is applied whole again
         log.exception("chunk failed; applying its messages one by one")
         counts = _process_one_by_one(db, chunk)
         if not db.separate_inbox:
@@ -662,6 +665,8 @@ def _process_one_by_one(db: Database, chunk: Chunk) -> dict[int, dict[str, int]]
             with db.session(write=True) as session:
                 counts = apply_entries(session, [e])
         except Exception as exc:
+            if transient(exc):
+                raise  # nothing to do with the message: the chunk stays in the inbox
             log.exception("message failed", extra={"message_id": e.message_id})
             e.status, e.reason, e.profile, e.message = (
                 "failed",
@@ -676,18 +681,39 @@ def _process_one_by_one(db: Database, chunk: Chunk) -> dict[int, dict[str, int]]
     return {pid: dict(c) for pid, c in totals.items()}
 
 
+def transient(exc: BaseException) -> bool:
+    """Whether an error says nothing about the data: the database was busy or locked,
+    unreachable or restarting, out of resources, or broke a deadlock. The work is retried later
+    rather than any message being marked failed for it."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = getattr(exc, "orig", exc)
+    state = getattr(orig, "sqlstate", None)
+    if isinstance(state, str) and state:
+        # Connection exception, transaction rollback (deadlock, serialization), insufficient
+        # resources, operator intervention (shutdown).
+        return state[:2] in ("08", "40", "53", "57") or state == "55P03"  # lock_timeout
+    name = getattr(orig, "sqlite_errorname", "")
+    return isinstance(name, str) and name.startswith(
+        ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL")
+    )
+
+
 def _log_failure(db: Database, e: Entry) -> dict[int, dict[str, int]]:
     """Log a failed message. Should the database refuse even that row (a value it cannot
-    store), the message is logged in ASCII, its raw JSON as escaped text: it is kept, and the
-    inbox moves on instead of retrying the chunk forever. Should that row fail too (the
-    database is unreachable), the error is raised: the chunk stays in the inbox for a retry."""
+    store), the message is logged with its reason in ASCII and its raw JSON as escaped text:
+    it is kept, and the inbox moves on instead of retrying the chunk forever. A transient
+    error, or a refusal of that row too, is raised: the chunk stays in the inbox for a retry."""
     try:
         return _write_failure(db, e)
-    except Exception:
+    except Exception as exc:
+        if transient(exc):
+            raise
         log.exception("the log refused a failed message", extra={"message_id": e.message_id})
     e.raw = {"unstored": json.dumps(e.raw, ensure_ascii=True, default=repr)}
-    e.reason = _ascii(e.reason or "")
-    e.message_id = _ascii(e.message_id)[:100]
+    e.reason = (
+        (e.reason or "").replace("\x00", "\\x00").encode("ascii", "backslashreplace").decode()
+    )
     return _write_failure(db, e)
 
 
@@ -697,10 +723,6 @@ def _write_failure(db: Database, e: Entry) -> dict[int, dict[str, int]]:
             return {}
         _write_log(session, e.project_id, [e], clock.now())
         return {e.project_id: {"failed": 1}}
-
-
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 # -- the lease and the loop -------------------------------------------------------------------

@@ -23,7 +23,6 @@ from functools import lru_cache
 from typing import Any
 
 from tidings.clock import isoformat
-from tidings.customers.traits import RESERVED
 from tidings.errors import BadRequest
 
 MAX_DEPTH = 12
@@ -408,9 +407,7 @@ def _value_test(raw: dict[str, Any], path: str, allowed: tuple[str, ...], family
 
 def _trait(raw: dict[str, Any], path: str, ctx: _Ctx) -> TraitCond:
     _only(raw, path, {"trait", "op", "value"})
-    key, *rest = _path(raw["trait"], path, "trait")
-    # Profiles keep reserved traits in snake_case: `createdAt` is read as `created_at`.
-    return TraitCond((RESERVED.get(key, key), *rest), _value_test(raw, path, VALUE_OPS, "trait"))
+    return TraitCond(_path(raw["trait"], path, "trait"), _value_test(raw, path, VALUE_OPS, "trait"))
 
 
 def _group_trait(raw: dict[str, Any], path: str, ctx: _Ctx) -> GroupTraitCond:

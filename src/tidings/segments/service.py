@@ -18,6 +18,7 @@ from tidings.clock import isoformat
 from tidings.customers import service as customers
 from tidings.customers.models import Customer
 from tidings.customers.service import cursor_int, cursor_time, decode_cursor, encode_cursor
+from tidings.customers.traits import RESERVED
 from tidings.errors import BadRequest, Conflict, NotFound
 from tidings.segments import compile as sql
 from tidings.segments.evaluate import explain as explain_tree
@@ -188,7 +189,8 @@ def check_rules(
     session: Session, *, project_id: int, rules: Any, segment_id: int | None = None
 ) -> Node:
     """Parse and resolve a definition (as `segment_id` would hold it); the resolved tree."""
-    tree = parse(rules, segment_names=_names(session, project_id))
+    names = _names(session, project_id)
+    tree = parse(_as_stored(rules, names), segment_names=names)
     stored = _stored(session, project_id)
     trees = parsed_trees([(sid, v, r) for sid, (v, r) in stored.items() if sid != segment_id])
     if segment_id is not None:
@@ -196,22 +198,30 @@ def check_rules(
     return resolve(tree, trees.get, _seen=() if segment_id is None else (segment_id,))
 
 
-def _canonical(rules: Any, session: Session, project_id: int) -> dict[str, Any]:
-    """Rules with segment names replaced by ids, as stored."""
-    names = _names(session, project_id)
+def _canonical(rules: Any, session: Session, project_id: int) -> Any:
+    return _as_stored(rules, _names(session, project_id))
+
+
+def _as_stored(rules: Any, names: dict[str, int]) -> Any:
+    """Rules as stored: segment names replaced by ids, and reserved traits (of customers and
+    of groups) under the names profiles keep them by (`createdAt` is `created_at`)."""
 
     def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "segment" in node and isinstance(node["segment"], str) and node["segment"] in names:
-                return {**node, "segment": names[node["segment"]]}
-            return {k: walk(v) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v) for v in node]
-        return node
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items()}
+        ref = out.get("segment")
+        if isinstance(ref, str) and ref in names:
+            out["segment"] = names[ref]
+        for key in ("trait", "group_trait"):
+            if isinstance(out.get(key), str):
+                first, dot, rest = out[key].partition(".")
+                out[key] = RESERVED.get(first, first) + dot + rest
+        return out
 
-    out = walk(rules)
-    assert isinstance(out, dict)
-    return out
+    return walk(rules)
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -275,8 +285,9 @@ def update(
     description: str | None = None,
     rules: Any = None,
 ) -> Segment:
-    """Rename, describe or redefine; new rules recompute it and every segment built on it, and
-    so do the same rules again for a segment whose computation failed."""
+    """Rename, describe or redefine; new rules recompute it and every segment built on it. The
+    same rules again recompute a segment whose computation failed (and only it: the segments
+    built on it inline its rules, not its members)."""
     seg = get_or_raise(session, project_id=project_id, segment_id=segment_id)
     if name is not None:
         seg.name = _check_name(session, project_id, name, segment_id)
@@ -285,10 +296,12 @@ def update(
     if rules is not None:
         tree = check_rules(session, project_id=project_id, rules=rules, segment_id=segment_id)
         canonical = _canonical(rules, session, project_id)
-        if canonical != seg.rules or seg.status == "failed":
+        changed = canonical != seg.rules
+        if changed or seg.status == "failed":
             seg.rules = canonical
             seg.refs = sorted(referenced_segments(tree))
-            for dependent in [seg, *_dependents(session, project_id, segment_id)]:
+            dependents = _dependents(session, project_id, segment_id) if changed else []
+            for dependent in [seg, *dependents]:
                 dependent.version += 1
                 dependent.status = "computing"
                 dependent.progress = 0
