@@ -338,11 +338,14 @@ def _definitions(path: Path) -> list[object]:
 
 def _dates_as_text(value: object) -> object:
     """YAML reads an unquoted 2026-01-31 as a date: rules take dates as ISO-8601 text, as in
-    JSON."""
+    JSON (whose object keys are text too)."""
     if isinstance(value, date):  # datetime included
         return value.isoformat()
     if isinstance(value, dict):
-        return {k: _dates_as_text(v) for k, v in value.items()}
+        return {
+            k if isinstance(k, str) else str(_dates_as_text(k)): _dates_as_text(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_dates_as_text(v) for v in value]
     return value

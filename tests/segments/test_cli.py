@@ -302,6 +302,12 @@ def test_an_invalid_file_is_refused_and_nothing_is_created(people: Tenant, tmp_p
         ),
         ("empty.yaml", "", ["definition 1"]),
         ("list.yaml", "- just a string\n", ["definition 1"]),
+        # Keys YAML reads as numbers or dates are named like any other unknown key.
+        (
+            "keys.yaml",
+            "name: Keys\nrules: {tag: vip, op: has, 2026-01-01: 1, 7: x}\n",
+            ["2026-01-01"],
+        ),
     ]
     paths = []
     for filename, text, _ in cases:
