@@ -17,6 +17,8 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import postgres_admin_url
 from tests.support import TIDINGS, create_database, drop_database, server_env
+from tidings.config import Settings
+from tidings.db import Database
 
 
 @contextmanager
@@ -43,6 +45,17 @@ def scratch_database(backend: str, workdir: Path, *, migrated: bool = True) -> I
         yield url
     finally:
         drop_database(admin, url)
+
+
+@contextmanager
+def scratch_db(backend: str, workdir: Path) -> Iterator[Database]:
+    """A migrated `scratch_database`, opened (and closed afterwards)."""
+    with scratch_database(backend, workdir) as url:
+        database = Database(Settings(database_url=url))
+        try:
+            yield database
+        finally:
+            database.dispose()
 
 
 def table_names(url: str) -> set[str]:

@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tests.cli_support import scratch_database
+from tests.cli_support import scratch_db
 from tidings.auth import service as projects
 from tidings.config import Settings
 from tidings.customers import service as customers
@@ -26,12 +26,8 @@ ORPHAN = "INSERT INTO customer_tags (customer_id, tag, project_id) VALUES (99999
 
 @pytest.fixture
 def db(backend: str, tmp_path: Path) -> Iterator[Database]:
-    with scratch_database(backend, tmp_path) as url:
-        database = Database(Settings(database_url=url))
-        try:
-            yield database
-        finally:
-            database.dispose()
+    with scratch_db(backend, tmp_path) as database:
+        yield database
 
 
 def foreign_keys_on(db: Database, **kind: bool) -> bool:

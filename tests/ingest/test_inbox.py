@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, insert, select
 
-from tests.cli_support import scratch_database
-from tidings.config import Settings
+from tests.cli_support import scratch_db
 from tidings.db import Database, table_of
 from tidings.ingest.inbox import InboxWriter, backlog, ensure_inbox_schema
 from tidings.ingest.models import InboxBase, InboxItem
@@ -21,11 +20,9 @@ from tidings.ingest.processor import InboxReader, read_chunk
 
 @pytest.fixture
 def db(backend: str, tmp_path: Path) -> Iterator[Database]:
-    with scratch_database(backend, tmp_path) as url:
-        database = Database(Settings(database_url=url))
+    with scratch_db(backend, tmp_path) as database:
         ensure_inbox_schema(database)
         yield database
-        database.dispose()
 
 
 async def _write(writer: InboxWriter, n: int, at: datetime) -> list[BaseException | None]:

@@ -17,10 +17,9 @@ from psycopg.errors import DeadlockDetected, LockNotAvailable, UniqueViolation
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import DBAPIError
 
-from tests.cli_support import scratch_database
+from tests.cli_support import scratch_db
 from tidings import clock
 from tidings.auth import service as projects
-from tidings.config import Settings
 from tidings.customers.models import Customer
 from tidings.db import Database, table_of
 from tidings.ingest import processor
@@ -29,11 +28,8 @@ from tidings.ingest.models import InboxItem, IngestMessage
 
 @pytest.fixture(scope="module")
 def db(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
-    workdir: Path = tmp_path_factory.mktemp("poison")
-    with scratch_database(backend, workdir) as url:
-        database = Database(Settings(database_url=url))
+    with scratch_db(backend, tmp_path_factory.mktemp("poison")) as database:
         yield database
-        database.dispose()
 
 
 class Boom(RuntimeError):
@@ -115,6 +111,15 @@ def logged(db: Database, pid: int) -> dict[str, tuple[str, str | None, dict[str,
         return {mid: (status, reason, raw) for mid, status, reason, raw in rows}
 
 
+def outcomes(run: str, poisoned: str) -> dict[str, str]:
+    """The log's statuses when the poisoned message of `batch(db, run)` ends as `poisoned`."""
+    return {f"{run}-ok-1": "accepted", f"{run}-poison": poisoned, f"{run}-ok-2": "accepted"}
+
+
+def statuses(db: Database, pid: int) -> dict[str, str]:
+    return {mid: status for mid, (status, _, _) in logged(db, pid).items()}
+
+
 def inbox_size(db: Database, pid: int) -> int:
     t = table_of(InboxItem)
     with db.inbox_engine.connect() as conn:
@@ -131,13 +136,8 @@ def test_a_poisoned_message_fails_alone(db: Database, monkeypatch: pytest.Monkey
     pid, messages = batch(db, "alone")
     poison(monkeypatch)
     assert processor.drain(db, chunk_size=100) == 3
-    log = logged(db, pid)
-    assert {mid: status for mid, (status, _, _) in log.items()} == {
-        "alone-ok-1": "accepted",
-        "alone-poison": "failed",
-        "alone-ok-2": "accepted",
-    }
-    _, reason, raw = log["alone-poison"]
+    assert statuses(db, pid) == outcomes("alone", "failed")
+    _, reason, raw = logged(db, pid)["alone-poison"]
     assert reason == "Boom: this message breaks its chunk"
     assert raw == messages[1]
     assert customers(db, pid) == {"alone-a", "alone-c"}
@@ -176,13 +176,8 @@ def test_a_chunk_whose_failure_cannot_be_logged_stays_in_the_inbox(
     monkeypatch.undo()
     poison(monkeypatch)  # the log works again; the message still breaks its chunk
     assert processor.drain(db, chunk_size=100) == 3
-    log = logged(db, pid)
-    assert {mid: status for mid, (status, _, _) in log.items()} == {
-        "retry-ok-1": "accepted",
-        "retry-poison": "failed",
-        "retry-ok-2": "accepted",
-    }
-    assert log["retry-poison"][2] == messages[1]
+    assert statuses(db, pid) == outcomes("retry", "failed")
+    assert logged(db, pid)["retry-poison"][2] == messages[1]
     assert inbox_size(db, pid) == 0
 
 
@@ -239,10 +234,10 @@ def test_a_transient_error_fails_no_message(
     assert inbox_size(db, pid) == 1
     # Message by message, those before it were applied; it was not marked failed.
     before = {} if when == "chunk" else {f"transient-{kind}-ok-1": "accepted"}
-    assert {mid: status for mid, (status, _, _) in logged(db, pid).items()} == before
+    assert statuses(db, pid) == before
 
     monkeypatch.undo()
     assert processor.drain(db, chunk_size=100) == 3
-    assert {status for status, _, _ in logged(db, pid).values()} == {"accepted"}
+    assert statuses(db, pid) == outcomes(f"transient-{kind}", "accepted")
     assert customers(db, pid) == {f"transient-{kind}-{x}" for x in "abc"}
     assert inbox_size(db, pid) == 0

@@ -29,7 +29,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,9 +37,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests.cli_support import scratch_database
+from tests.cli_support import scratch_db
 from tidings.auth import service as projects
-from tidings.config import Settings
 from tidings.customers import service as customers
 from tidings.customers.models import Customer
 from tidings.customers.traits import normalize_traits
@@ -126,11 +124,8 @@ Definition = dict[str, Any]
 @pytest.fixture(scope="module")
 def db(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     """A migrated database of this module's own, on each backend."""
-    workdir: Path = tmp_path_factory.mktemp("agreement")
-    with scratch_database(backend, workdir) as url:
-        database = Database(Settings(database_url=url))
+    with scratch_db(backend, tmp_path_factory.mktemp("agreement")) as database:
         yield database
-        database.dispose()
 
 
 # -- the world: customers and what they did ---------------------------------------------------

@@ -14,16 +14,14 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, select, text
 
-from tests.cli_support import scratch_database
+from tests.cli_support import scratch_db
 from tidings import clock
 from tidings.auth import service as projects
-from tidings.config import Settings
 from tidings.customers.models import AnonymousId, Customer, Event
 from tidings.db import Database
 from tidings.ingest.processor import Entry, apply_entries
@@ -51,15 +49,12 @@ Message = dict[str, Any]
 @pytest.fixture(scope="module")
 def db(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     """A database of this module's own, on each backend."""
-    workdir: Path = tmp_path_factory.mktemp("membership")
-    with scratch_database(backend, workdir) as url:
+    with scratch_db(backend, tmp_path_factory.mktemp("membership")) as database:
         # The parsed-rules caches are per process and keyed by segment id; ids restart in each
         # database, so a cache filled from the other backend's database must not be reused.
         membership._cache.clear()
         membership._live_cache.clear()
-        database = Database(Settings(database_url=url))
         yield database
-        database.dispose()
 
 
 @pytest.fixture(autouse=True)
