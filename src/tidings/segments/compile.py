@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from sqlalchemy import Result, text
 from sqlalchemy.orm import Session
 
@@ -490,23 +489,19 @@ def event_summaries(
     bulk = Bulk(session)
     for c, ids in wanted.items():
         q = builder(session, project_id, now)
-        # The ids are one parameter: the statement's text is the same from chunk to chunk.
+        # The ids are one parameter (`Bulk.id_set`): the statement's text is the same from
+        # chunk to chunk.
         param = q.bind(None)
-        listed = (
-            f"SELECT CAST(value AS bigint) FROM jsonb_array_elements_text(CAST({param} AS jsonb))"
-            if q.postgres
-            else f"SELECT value FROM json_each({param})"
-        )
         match = event_match(q, c, window=c.recency is None)
-        # The customers are the project's (their facts were read with its id), and so are
-        # their events: without a project test the index answers for the event alone.
-        statement = (
-            "SELECT e.customer_id, COUNT(*), MIN(e.timestamp), MAX(e.timestamp) "
-            f"FROM events e WHERE e.customer_id IN ({listed}) AND {match} "
-            "GROUP BY e.customer_id"
-        )
         for part in chunks(sorted(ids)):
-            q.params[param[1:]] = orjson.dumps(part).decode()
+            listed, q.params[param[1:]] = bulk.id_set(part)
+            # The customers are the project's (their facts were read with its id), and so
+            # are their events: without a project test the index answers for the event alone.
+            statement = (
+                "SELECT e.customer_id, COUNT(*), MIN(e.timestamp), MAX(e.timestamp) "
+                f"FROM events e WHERE e.customer_id IN ({listed.format(m=param)}) AND {match} "
+                "GROUP BY e.customer_id"
+            )
             for cid, count, first, last in fetch(session, q, statement):
                 yield c, cid, Summary(count, bulk.read_dt(first), bulk.read_dt(last))
 

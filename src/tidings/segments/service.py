@@ -189,17 +189,21 @@ def check_rules(
     session: Session, *, project_id: int, rules: Any, segment_id: int | None = None
 ) -> Node:
     """Parse and resolve a definition (as `segment_id` would hold it); the resolved tree."""
+    return _checked(session, project_id, rules, segment_id)[0]
+
+
+def _checked(
+    session: Session, project_id: int, rules: Any, segment_id: int | None = None
+) -> tuple[Node, Any]:
+    """A definition's resolved tree, and its rules as stored (`_as_stored`)."""
     names = _names(session, project_id)
-    tree = parse(_as_stored(rules, names), segment_names=names)
+    stored_rules = _as_stored(rules, names)
+    tree = parse(stored_rules, segment_names=names)
     stored = _stored(session, project_id)
     trees = parsed_trees([(sid, v, r) for sid, (v, r) in stored.items() if sid != segment_id])
     if segment_id is not None:
         trees[segment_id] = tree
-    return resolve(tree, trees.get, _seen=() if segment_id is None else (segment_id,))
-
-
-def _canonical(rules: Any, session: Session, project_id: int) -> Any:
-    return _as_stored(rules, _names(session, project_id))
+    return resolve(tree, trees.get, _seen=() if segment_id is None else (segment_id,)), stored_rules
 
 
 def _as_stored(rules: Any, names: dict[str, int]) -> Any:
@@ -243,13 +247,13 @@ def create(
     """A new segment; its membership is computed in the background."""
     name = _check_name(session, project_id, name)
     description = _check_description(description)
-    tree = check_rules(session, project_id=project_id, rules=rules)
+    tree, stored_rules = _checked(session, project_id, rules)
     now = clock.now()
     seg = Segment(
         project_id=project_id,
         name=name,
         description=description,
-        rules=_canonical(rules, session, project_id),
+        rules=stored_rules,
         refs=sorted(referenced_segments(tree)),
         version=1,
         status="computing",
@@ -294,8 +298,7 @@ def update(
     if description is not None:
         seg.description = _check_description(description)
     if rules is not None:
-        tree = check_rules(session, project_id=project_id, rules=rules, segment_id=segment_id)
-        canonical = _canonical(rules, session, project_id)
+        tree, canonical = _checked(session, project_id, rules, segment_id)
         changed = canonical != seg.rules
         if changed or seg.status == "failed":
             seg.rules = canonical
