@@ -461,6 +461,18 @@ def settled(node: Node, facts: Facts, now: datetime) -> bool | None:
     return None
 
 
+def settles(node: Node) -> bool:
+    """False when `settled` answers None for every profile: the tree has no condition on the
+    profile's own parts (only events, tags and groups) and no empty group."""
+    if isinstance(node, Group):
+        return not node.children or any(settles(c) for c in node.children)
+    if isinstance(node, Not):
+        return settles(node.child)
+    if isinstance(node, SegmentCond):
+        return node.rules is None or settles(node.rules)
+    return isinstance(node, TraitCond | RevenueCond | AudienceCond | RandomCond)
+
+
 def next_change(node: Node, facts: Facts, now: datetime) -> datetime | None:
     """The earliest future instant at which time alone may change the tree: a boundary of a
     time-based condition whose guards hold (see `rules.timed_conditions`)."""

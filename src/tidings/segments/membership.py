@@ -44,6 +44,7 @@ from tidings.segments.evaluate import (
     instant_boundaries,
     next_change,
     settled,
+    settles,
 )
 from tidings.segments.models import Segment, SegmentRecheck, SegmentTimer
 from tidings.segments.rules import (
@@ -87,6 +88,7 @@ class LiveSegment:
     timed: bool
     events: tuple[EventCond, ...]  # its event conditions, each once
     profile_facets: frozenset[Facet]  # its facets other than events and pages
+    settles: bool  # whether the profile alone can decide it (`evaluate.settles`)
 
 
 def event_conditions(tree: Node) -> tuple[EventCond, ...]:
@@ -156,6 +158,7 @@ def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
             is_timed(trees[r.id]),
             event_conditions(trees[r.id]),
             frozenset(f for f in facets(trees[r.id]) if f[0] not in ("event", "page")),
+            settles(trees[r.id]),
         )
         for r in rows
         if r.id in trees and r.status != "failed"
@@ -399,7 +402,7 @@ def _counted(
             rows = new.get(event_facet(c), ())
             hit = seen[c] = any(counts(c, row, now) for row in rows)
         if hit:
-            return profile is None or settled(s.tree, profile, now) is None
+            return profile is None or not s.settles or settled(s.tree, profile, now) is None
     return False
 
 
