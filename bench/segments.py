@@ -325,6 +325,8 @@ class Probe:
                 self.calls[label] += 1
             if isinstance(out, int):
                 self.results[label] += out
+            elif isinstance(out, dict):
+                self.results[label] += len(out)
             return out
 
         setattr(module, name, timed)
@@ -684,14 +686,12 @@ def compute_segment(target: Target, family: str, name: str, rules: dict[str, Any
         status, members, error = s.execute(
             text("SELECT status, member_count, error FROM segments WHERE id = :s"), {"s": sid}
         ).one()
-        timers = s.execute(
-            text("SELECT count(*) FROM segment_timers WHERE segment_id = :s"), {"s": sid}
-        ).scalar_one()
         # No worker runs here: the job that create() enqueued is done.
         s.execute(text("DELETE FROM jobs WHERE name = 'segments.compute'"))
     if status != "ready":
         raise RuntimeError(f"segment {name!r} is {status}: {error}")
-    return Computed(family, name, seconds, int(members), int(timers), parts, status)
+    timers = PROBE.results.get("timers", 0)  # the customers with a time flip ahead
+    return Computed(family, name, seconds, int(members), timers, parts, status)
 
 
 def print_computed(rows: list[Computed], *, families: bool, head: bool = True) -> None:

@@ -20,6 +20,7 @@ import tidings.ingest.models
 import tidings.jobs.models
 import tidings.segments.models
 from tests.cli_support import scratch_database
+from tidings.auth import service as projects
 from tidings.config import Settings
 from tidings.db import Base, Database
 from tidings.db import migrate as migrations
@@ -186,3 +187,47 @@ def test_postgresql_compresses_inbox_bodies_with_lz4(db: Database, backend: str)
     assert method() == ("l" if lz4 else "")
     migrations.downgrade(db, "0007")
     assert method() == ""
+
+
+def test_segment_timers_become_one_per_customer_and_back(db: Database) -> None:
+    """0010 keeps each customer's earliest timer; going back, each customer gets that instant
+    in every segment of its project (each falls due then, and is planned again)."""
+    migrations.upgrade(db, "0009")
+    early, late = "2030-01-01 00:00:00.000000", "2030-02-01 00:00:00.000000"
+    with db.session(write=True) as session:
+        pid = projects.create(session, name="timers").id
+    with db.engine.begin() as conn:
+        now = "2026-11-24 00:00:00.000000"
+        for sid in (1, 2):
+            conn.execute(
+                text(
+                    "INSERT INTO segments (id, project_id, name, rules, refs, version, status, "
+                    "progress, member_count, created_at, updated_at) "
+                    "VALUES (:s, :p, :n, '{}', '[]', 1, 'ready', 100, 0, :t, :t)"
+                ),
+                {"s": sid, "p": pid, "n": f"s{sid}", "t": now},
+            )
+        rows = [(1, 7, late), (2, 7, early), (2, 8, late)]
+        for sid, cid, due in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO segment_timers (segment_id, customer_id, project_id, due_at) "
+                    "VALUES (:s, :c, :p, :d)"
+                ),
+                {"s": sid, "c": cid, "p": pid, "d": due},
+            )
+
+    def timers(*columns: str) -> set[tuple[Any, ...]]:
+        with db.engine.connect() as conn:
+            got = conn.execute(text(f"SELECT {', '.join(columns)} FROM segment_timers"))
+            return {tuple(str(v)[:10] if i else v for i, v in enumerate(r)) for r in got}
+
+    migrations.upgrade(db)
+    assert timers("customer_id", "due_at") == {(7, "2030-01-01"), (8, "2030-02-01")}
+    migrations.downgrade(db, "0009")
+    assert timers("customer_id", "segment_id", "due_at") == {
+        (7, "1", "2030-01-01"),
+        (7, "2", "2030-01-01"),
+        (8, "1", "2030-02-01"),
+        (8, "2", "2030-02-01"),
+    }

@@ -111,6 +111,10 @@ class Project:
         with self.db.session(write=True) as session:
             segments.update(session, project_id=self.id, segment_id=segment_id, rules=rules)
 
+    def delete(self, segment_id: int) -> None:
+        with self.db.session(write=True) as session:
+            segments.delete(session, project_id=self.id, segment_id=segment_id)
+
     def run_jobs(self) -> int:
         """Run due jobs until none is left (the compute jobs among them)."""
         total = 0
@@ -147,11 +151,12 @@ class Project:
             assert cid is not None, user_id
             return int(cid)
 
-    def timers(self, segment_id: int) -> dict[int, datetime]:
+    def timers(self) -> dict[int, datetime]:
+        """Each customer's timer: the instant time alone may first change a membership."""
         with self.db.session() as session:
             rows = session.execute(
                 select(SegmentTimer.customer_id, SegmentTimer.due_at).where(
-                    SegmentTimer.segment_id == segment_id
+                    SegmentTimer.project_id == self.id
                 )
             )
             return dict(rows.all())
@@ -248,7 +253,7 @@ def test_leaves_an_active_segment_on_time_without_a_new_event(project: Project) 
     ann = p.customer("ann")
     assert p.members(active) == {ann}
     # The timer holds the instant the oldest counted event leaves the window.
-    assert p.timers(active) == {ann: t0 + 7 * DAY + MS}
+    assert p.timers() == {ann: t0 + 7 * DAY + MS}
 
     clock.advance(t0 + 7 * DAY - clock.now() - timedelta(minutes=1))
     assert p.worker.run_timers() == 0
@@ -259,7 +264,7 @@ def test_leaves_an_active_segment_on_time_without_a_new_event(project: Project) 
     assert p.worker.run_timers() == 1
     after = clock.now()
     assert p.members(active) == set()
-    assert p.timers(active) == {}
+    assert p.timers() == {}
     entered_at, exited_at = p.change_times(active)
     assert t0 <= entered_at < t0 + timedelta(minutes=5)
     assert before <= exited_at <= after  # recorded when time moved it, not at the next event
@@ -346,7 +351,7 @@ def test_enters_a_within_next_days_segment_on_time(project: Project, form: str) 
     bo = p.customer("bo")
     assert p.members(soon) == set()
     # Entry is due the very instant renew - 7 days: iso(now + 7 days) then reaches the value.
-    assert min(p.timers(soon).values()) == renew - 7 * DAY
+    assert p.timers() == {bo: renew - 7 * DAY}
 
     clock.advance(renew - 7 * DAY - clock.now() - timedelta(minutes=1))
     p.worker.run_timers()
@@ -362,9 +367,9 @@ def test_enters_a_within_next_days_segment_on_time(project: Project, form: str) 
     # The next instant: the renewal itself, when it is no longer ahead (a bare date may add an
     # earlier, harmless recheck: dates compare as text, which can turn a day apart).
     if form == "instant":
-        assert p.timers(soon) == {bo: renew + MS}
+        assert p.timers() == {bo: renew + MS}
     else:
-        assert p.timers(soon)[bo] <= renew + MS
+        assert p.timers()[bo] <= renew + MS
 
     clock.advance(renew - clock.now() - timedelta(minutes=1))
     p.worker.run_timers()
@@ -385,32 +390,36 @@ def test_first_and_last_performed_flip_on_time(project: Project) -> None:
     p.send(identify("cy"), track("cy", "Signed Up", t0), track("cy", "Purchased", t0))
     cy = p.customer("cy")
     assert (p.members(new), p.members(lapsed)) == ({cy}, set())
-    assert p.timers(new) == {cy: t0 + 3 * DAY + MS}
-    assert p.timers(lapsed) == {cy: t0 + 30 * DAY + MS}
+    # One timer for both segments: the first flip (leaving "New" on day 3; lapsing on day 30).
+    assert p.timers() == {cy: t0 + 3 * DAY + MS}
 
     # A second sign-up does not change the first.
     clock.advance(DAY)
     p.send(track("cy", "Signed Up", ms(clock.now())))
-    assert p.timers(new) == {cy: t0 + 3 * DAY + MS}
+    assert p.timers() == {cy: t0 + 3 * DAY + MS}
 
     clock.advance(t0 + 3 * DAY + timedelta(minutes=1) - clock.now())
-    p.worker.run_timers()
+    assert p.worker.run_timers() == 1
     assert (p.members(new), p.members(lapsed)) == (set(), set())
-    assert p.timers(new) == {}
+    assert p.timers() == {cy: t0 + 30 * DAY + MS}  # "New" has nothing ahead: the lapse next
 
-    # A purchase on day 20 moves the lapse out to day 50.
+    # A purchase on day 20 moves the lapse out to day 50. The timer stays where it was (a
+    # message only ever moves it earlier): on day 30 it falls due, nothing changes, and it is
+    # set to day 50.
     clock.advance(t0 + 20 * DAY - clock.now())
     t1 = ms(clock.now())
     p.send(track("cy", "Purchased", t1))
-    assert p.timers(lapsed) == {cy: t1 + 30 * DAY + MS}
+    assert p.timers() == {cy: t0 + 30 * DAY + MS}
     clock.advance(t0 + 31 * DAY - clock.now())
-    assert p.worker.run_timers() == 0
+    assert p.worker.run_timers() == 1
     assert p.members(lapsed) == set()
+    assert p.timers() == {cy: t1 + 30 * DAY + MS}
+    assert p.worker.run_timers() == 0
 
     clock.advance(t1 + 30 * DAY + timedelta(minutes=1) - clock.now())
     assert p.worker.run_timers() == 1
     assert p.members(lapsed) == {cy}
-    assert p.timers(lapsed) == {}  # nothing can end a lapse but a purchase
+    assert p.timers() == {}  # nothing can end a lapse but a purchase
 
     p.send(track("cy", "Purchased", ms(clock.now())))
     assert p.members(lapsed) == set()
@@ -431,14 +440,57 @@ def test_a_last_charge_window_closes_on_time(project: Project) -> None:
     p.send(identify("dee"), track("dee", "Order Completed", t0, **order))
     dee = p.customer("dee")
     assert p.members(recent) == {dee}
-    assert p.timers(recent) == {dee: t0 + 30 * DAY + MS}
+    assert p.timers() == {dee: t0 + 30 * DAY + MS}
     clock.advance(t0 + 30 * DAY + timedelta(minutes=1) - clock.now())
     assert p.worker.run_timers() == 1
     assert p.members(recent) == set()
     assert p.changes(recent) == [(dee, "entered"), (dee, "exited")]
 
 
+def test_a_timer_moves_later_only_when_every_time_based_segment_is_evaluated(
+    project: Project,
+) -> None:
+    """A message evaluates some of a customer's segments: it can only bring the timer earlier
+    (the others' flips may come first). Evaluating all of them sets the exact instant."""
+    p = project
+    sid = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
+    t0 = ms(clock.now()) - DAY
+    p.send(identify("x"), track("x", "Signed In", t0))
+    x = p.customer("x")
+    assert p.timers() == {x: t0 + 7 * DAY + MS}
+    with p.db.session(write=True) as session:  # a later sign-in, not yet evaluated
+        session.execute(
+            text("UPDATE events SET timestamp = :t WHERE customer_id = :x AND name = 'Signed In'"),
+            {"t": t0.replace(tzinfo=None) + DAY, "x": x},
+        )
+    for complete, due in ((set(), t0 + 7 * DAY + MS), ({x}, t0 + 8 * DAY + MS)):
+        with p.db.session(write=True) as session:
+            seg = next(s for s in membership.live_segments(session, p.id) if s.id == sid)
+            membership.evaluate_pairs(
+                session, project_id=p.id, pairs={x: [seg]}, source="event", complete=complete
+            )
+        assert p.timers() == {x: due}
+
+
+def test_a_full_computation_only_brings_timers_earlier(project: Project) -> None:
+    p = project
+    t0 = ms(clock.now())
+    p.send(identify("x"), track("x", "Signed In", t0), track("x", "Purchased", t0))
+    x = p.customer("x")
+    ready(p, "Week", {"event": "Signed In", "op": "performed", "within_days": 7})
+    assert p.timers() == {x: t0 + 7 * DAY + MS}
+    ready(p, "Month", {"event": "Purchased", "op": "performed", "within_days": 30})
+    assert p.timers() == {x: t0 + 7 * DAY + MS}
+    ready(p, "Two days", {"event": "Purchased", "op": "performed", "within_days": 2})
+    assert p.timers() == {x: t0 + 2 * DAY + MS}
+    clock.advance(2 * DAY + timedelta(minutes=1))
+    assert p.worker.run_timers() == 1
+    assert p.timers() == {x: t0 + 7 * DAY + MS}
+
+
 def test_a_full_computation_plans_the_same_timers_as_incremental_upkeep(project: Project) -> None:
+    """Per rule, on its own (a customer's timer serves all its segments): the customers' timers
+    after upkeep evaluates them as they arrive, and after a full computation of the same rule."""
     p = project
     rules: list[dict[str, Any]] = [
         {"event": "Opened App", "op": "performed", "within_days": 7},
@@ -448,28 +500,36 @@ def test_a_full_computation_plans_the_same_timers_as_incremental_upkeep(project:
         {"trait": "trial_ends_at", "op": "within_last_days", "value": 2},
         {"revenue": "last_charge", "op": "within_last_days", "value": 30},
     ]
-    incremental = [ready(p, f"inc {i}", r) for i, r in enumerate(rules)]
     now = ms(clock.now())
-    for i, user in enumerate(["u1", "u2", "u3", "u4"]):
-        p.send(
-            identify(
-                user,
-                {
-                    "renews_at": iso(now + (5 + 3 * i) * DAY),
-                    "trial_ends_at": iso(now - i * DAY),
-                },
-            ),
-            track(user, "Opened App", now - i * 2 * DAY),
-            track(user, "Opened App", now - i * DAY),
-            track(user, "Signed Up", now - i * DAY),
-            track(user, "Purchased", now - i * 15 * DAY),
-            track(user, "Order Completed", now - i * 10 * DAY, total=5, order_id=f"o-{user}"),
-        )
-    full = [ready(p, f"full {i}", r) for i, r in enumerate(rules)]
-    for inc, fl, r in zip(incremental, full, rules, strict=True):
-        assert p.members(inc) == p.members(fl), r
-        assert p.timers(inc) == p.timers(fl), r
-        assert p.timers(inc), r  # every rule here has a customer with a time flip ahead
+    for n, r in enumerate(rules):
+        inc = ready(p, f"inc {n}", r)
+        users = [f"u{i}-{n}" for i in range(4)]
+        for i, user in enumerate(users):
+            p.send(
+                identify(
+                    user,
+                    {
+                        "renews_at": iso(now + (5 + 3 * i) * DAY),
+                        "trial_ends_at": iso(now - i * DAY),
+                    },
+                ),
+                track(user, "Opened App", now - i * 2 * DAY),
+                track(user, "Opened App", now - i * DAY),
+                track(user, "Signed Up", now - i * DAY),
+                track(user, "Purchased", now - i * 15 * DAY),
+                track(user, "Order Completed", now - i * 10 * DAY, total=5, order_id=user),
+            )
+        ids = {p.customer(u) for u in users}
+        incremental = {cid: due for cid, due in p.timers().items() if cid in ids}
+        members = p.members(inc) & ids
+        p.delete(inc)
+        with p.db.session(write=True) as session:
+            session.execute(delete(SegmentTimer))
+        full = ready(p, f"full {n}", r)
+        assert p.members(full) & ids == members, r
+        assert {cid: due for cid, due in p.timers().items() if cid in ids} == incremental, r
+        assert incremental, r  # every rule here has a customer with a time flip ahead
+        p.delete(full)
 
 
 # -- computing ----------------------------------------------------------------------------------
@@ -673,19 +733,23 @@ def test_customers_gone_during_the_computation_leave_no_rows(
     assert seg.status == "ready"
     stays = p.customer("stays")
     assert stays in p.members(sid)
-    assert stays in p.timers(sid)  # the window closes for the others too, but they are gone
+    assert stays in p.timers()  # the window closes for the others too, but they are gone
     assert not gone & p.members(sid)
-    assert not gone & set(p.timers(sid))
+    assert not gone & set(p.timers())
     assert not gone & {cid for cid, _ in p.changes(sid)}
     assert seg.member_count == len(p.members(sid))
     with p.db.session() as session:
-        for table in ("segment_members", "segment_changes", "segment_timers"):
+        for table, mine in (
+            ("segment_members", "t.segment_id = :s"),
+            ("segment_changes", "t.segment_id = :s"),
+            ("segment_timers", "t.project_id = :p"),
+        ):
             orphans = session.execute(
                 text(
-                    f"SELECT count(*) FROM {table} t WHERE t.segment_id = :s "
+                    f"SELECT count(*) FROM {table} t WHERE {mine} "
                     "AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = t.customer_id)"
                 ),
-                {"s": sid},
+                {"s": sid, "p": p.id},
             ).scalar_one()
             assert orphans == 0, table
 
@@ -987,12 +1051,13 @@ def test_a_computation_whose_last_step_deadlocks_finishes_on_another_attempt(
 
 # -- rows that go with their customer or segment ----------------------------------------------
 
-# Events, members, history and timers have no foreign keys: Tidings removes them itself.
+# Events, members, history and timers have no foreign keys: Tidings removes them itself. A
+# timer is the customer's, for all its segments.
 DEPENDENT = {
     "events": ("customer_id", None),
     "segment_members": ("customer_id", "segment_id"),
     "segment_changes": ("customer_id", "segment_id"),
-    "segment_timers": ("customer_id", "segment_id"),
+    "segment_timers": ("customer_id", None),
 }
 
 
@@ -1062,12 +1127,21 @@ def test_erased_merged_and_deleted_leave_no_rows(project: Project) -> None:
     assert p.members(pro) == p.members(active) == {known}
     assert p.segment(pro).member_count == p.segment(active).member_count == 1
 
-    assert set(rows_of(p.db, "segment", active)) == set(DEPENDENT) - {"events"}
+    assert set(rows_of(p.db, "segment", active)) == {"segment_members", "segment_changes"}
     with p.db.session(write=True) as session:
         segments.delete(session, project_id=p.id, segment_id=active)
     assert rows_of(p.db, "segment", active) == {}
     assert p.members(pro) == {known}
     assert orphans(p.db) == {}
+    # The customer's timer was set for the deleted segment: it falls due, nothing changes, and
+    # with no time-based segment left it is not set again.
+    assert set(p.timers()) == {known}
+    history = p.changes(pro)
+    clock.advance(8 * DAY)
+    assert p.worker.run_timers() == 1
+    assert p.timers() == {}
+    assert p.members(pro) == {known}
+    assert p.changes(pro) == history
 
 
 @pytest.mark.parametrize("goes", ["customer", "segment"])
@@ -1076,7 +1150,8 @@ def test_a_deletion_waits_for_a_writer_holding_what_it_deletes(
 ) -> None:
     """A transaction re-evaluates a membership while another deletes its customer (or its
     segment): the deletion waits for the writer, then removes what it wrote. The writer only
-    moves a timer here (no entry or exit, so no member or count row of its own to conflict on).
+    moves the customer's timer here (no entry or exit, so no member or count row of its own to
+    conflict on).
 
     SQLite runs one writer at a time, so the two cannot overlap there.
     """
@@ -1089,7 +1164,7 @@ def test_a_deletion_waits_for_a_writer_holding_what_it_deletes(
     t0 = ms(clock.now()) - DAY
     p.send(identify("x"), track("x", "Signed In", t0))
     x = p.customer("x")
-    assert p.timers(sid) == {x: t0 + 7 * DAY + MS}
+    assert p.timers() == {x: t0 + 7 * DAY + MS}
     with p.db.session(write=True) as session:  # a later sign-in, not yet evaluated
         session.execute(
             text("UPDATE events SET timestamp = :t WHERE customer_id = :x AND name = 'Signed In'"),
@@ -1107,9 +1182,9 @@ def test_a_deletion_waits_for_a_writer_holding_what_it_deletes(
     with p.db.session(write=True) as session:
         seg = next(s for s in membership.live_segments(session, p.id) if s.id == sid)
         changed = membership.evaluate_pairs(
-            session, project_id=p.id, pairs={x: [seg]}, source="time"
+            session, project_id=p.id, pairs={x: [seg]}, source="time", complete={x}
         )
-        assert changed == 0  # still a member: only the timer moves
+        assert changed == 0  # still a member: only the timer moves (a day later)
         deletion.start()
         deletion.join(timeout=3)
         assert deletion.is_alive(), "the deletion did not wait for the writer"

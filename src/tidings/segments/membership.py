@@ -3,7 +3,9 @@
 - `refresh` runs inside the processor's transaction after each chunk: only the segments whose
   facets a customer's messages touched are evaluated, only for that customer (a new or merged
   customer is evaluated against every segment).
-- `run_due_timers` re-evaluates the (segment, customer) pairs whose next time flip is due.
+- `run_due_timers` re-evaluates every time-based segment for the customers whose timer is due:
+  one timer per customer, never later than the first instant at which time alone may change
+  one of its memberships (`models.SegmentTimer`).
 - `compute` evaluates a new or edited segment in full with SQL, then writes the difference in
   batches, showing progress. While a segment computes, incremental evaluation leaves its
   memberships alone and records the customer in `segment_rechecks`; the last step of the
@@ -70,9 +72,10 @@ WRITE_BATCH = 20_000
 # then removes what they wrote (`drop_segment`).
 HOLD = {"read": True, "key_share": True}
 FINISH_ATTEMPTS = 3
-# A customer's or segment's rows without foreign keys: `forget` and `drop_segment` remove them.
-ROW_TABLES = ("segment_members", "segment_changes", "segment_timers")
-# The key of a member or timer row, and its columns' PostgreSQL types (for set-based deletes).
+# A customer's and a segment's rows without foreign keys: `forget` and `drop_segment` remove them.
+CUSTOMER_TABLES = ("segment_members", "segment_changes", "segment_timers")
+SEGMENT_TABLES = ("segment_members", "segment_changes")
+# The key of a member row, and its columns' PostgreSQL types (for set-based deletes).
 _PAIR = ("segment_id", "customer_id")
 _PAIR_TYPES = ("integer", "bigint")
 
@@ -361,9 +364,11 @@ def refresh(
         for f in s.facets:
             by_facet[f].append(i)
     pairs: dict[int, list[LiveSegment]] = {}
+    complete: set[int] = set()
     for cid, touched in changed.items():
         if EVERYTHING in touched:
             pairs[cid] = segments
+            complete.add(cid)
             continue
         candidates = map(
             segments.__getitem__, sorted({i for f in touched for i in by_facet.get(f, ())})
@@ -379,7 +384,9 @@ def refresh(
             wanted = [s for s in candidates if _counted(s, touched, new, seen, profile, now)]
         if wanted:
             pairs[cid] = wanted
-    return evaluate_pairs(session, project_id=project_id, pairs=pairs, base=base, source=source)
+    return evaluate_pairs(
+        session, project_id=project_id, pairs=pairs, base=base, source=source, complete=complete
+    )
 
 
 def _counted(
@@ -413,8 +420,14 @@ def evaluate_pairs(
     pairs: dict[int, list[LiveSegment]],
     base: dict[int, Facts] | None = None,
     source: str,
+    complete: set[int] | frozenset[int] = frozenset(),
 ) -> int:
-    """Evaluate each customer against its segments; write entries, exits and timers."""
+    """Evaluate each customer against its segments; write entries, exits and timers.
+
+    `complete` are the customers evaluated against every time-based segment of the project:
+    their timer is set to the exact instant of their next time flip. Anyone else's only moves
+    earlier, to the first flip of the segments evaluated (the others' may be later than the
+    timer, never earlier)."""
     if not pairs:
         return 0
     now = clock.now()
@@ -443,21 +456,20 @@ def evaluate_pairs(
             for sid, cid in bulk.select_in(member_sql, "customer_id", part)
             if sid in used
         )
-    timers: dict[tuple[int, int], datetime] = {}
+    timers: dict[int, datetime] = {}
     if any(s.timed for s in used.values()):
-        timer_sql = "SELECT segment_id, customer_id, due_at FROM segment_timers WHERE 1 = 1"
+        timer_sql = "SELECT customer_id, due_at FROM segment_timers WHERE 1 = 1"
         for part in chunks(ids):
-            for sid, cid, due in bulk.select_in(timer_sql, "customer_id", part):
-                if sid in used:
-                    timers[(sid, cid)] = bulk.read_dt(due)  # type: ignore[assignment]
+            for cid, due in bulk.select_in(timer_sql, "customer_id", part):
+                timers[cid] = bulk.read_dt(due)  # type: ignore[assignment]
     changes: list[Change] = []
     rechecks: list[dict[str, int]] = []
-    set_timers: list[tuple[int, int, datetime]] = []
-    drop_timers: list[tuple[int, int]] = []
+    set_timers: dict[int, datetime | None] = {}
     for cid, segs in pairs.items():
         f = facts.get(cid)
         if f is None:
             continue  # erased in the meantime
+        first: datetime | None = None
         for s in segs:
             if s.status == "computing":
                 rechecks.append({"segment_id": s.id, "customer_id": cid})
@@ -467,13 +479,18 @@ def evaluate_pairs(
                 changes.append(Change(s, cid, inside))
             if s.timed:
                 due = next_change(s.tree, f, now)
-                old = timers.get((s.id, cid))
-                if due is None and old is not None:
-                    drop_timers.append((s.id, cid))
-                elif due is not None and due != old:
-                    set_timers.append((s.id, cid, due))
+                if due is not None and (first is None or due < first):
+                    first = due
+        old = timers.get(cid)
+        # A segment still computing is left out of `first`; its recheck brings the timer
+        # earlier again if it must (the computation's own plan comes in by `_merge_timers`).
+        if cid in complete:
+            if first != old:
+                set_timers[cid] = first
+        elif first is not None and (old is None or first < old):
+            set_timers[cid] = first
     apply_changes(session, project_id, changes, now=now, source=source)
-    _write_timers(session, project_id, set_timers, drop_timers)
+    _write_timers(session, project_id, set_timers)
     if rechecks:
         from tidings.db.upsert import upsert
 
@@ -600,20 +617,18 @@ def _add_to_counts(bulk: Bulk, delta: dict[int, int]) -> None:
 
 
 def _write_timers(
-    session: Session,
-    project_id: int,
-    set_timers: list[tuple[int, int, datetime]],
-    drop_timers: list[tuple[int, int]],
+    session: Session, project_id: int, set_timers: dict[int, datetime | None]
 ) -> None:
-    if not set_timers and not drop_timers:
+    """Set each customer's timer (None: no flip ahead, no timer)."""
+    if not set_timers:
         return
     bulk = Bulk(session)
-    gone = drop_timers + [(s, c) for s, c, _ in set_timers]
-    bulk.delete("segment_timers", _PAIR, gone, types=_PAIR_TYPES)
+    ids = sorted(set_timers)
+    bulk.delete("segment_timers", ("customer_id",), [(cid,) for cid in ids], types=("bigint",))
     bulk.insert(
         "segment_timers",
-        ("segment_id", "customer_id", "project_id", "due_at"),
-        [(s, c, project_id, bulk.dt(due)) for s, c, due in set_timers],
+        ("customer_id", "project_id", "due_at"),
+        [(cid, project_id, bulk.dt(due)) for cid in ids if (due := set_timers[cid]) is not None],
     )
 
 
@@ -633,15 +648,15 @@ def forget(session: Session, customer_ids: list[int]) -> None:
         for sid, _ in bulk.select_in(count_sql, "customer_id", part):
             delta[sid] -= 1
     _add_to_counts(bulk, delta)
-    for table in ROW_TABLES:
+    for table in CUSTOMER_TABLES:
         for part in chunks(customer_ids):
             bulk.execute_in(f"DELETE FROM {table} WHERE 1 = 1", "customer_id", part)  # noqa: S608
 
 
 def drop_segment(session: Session, segment_id: int) -> None:
-    """After a segment is deleted: its members, history and timers rows go (no foreign keys;
-    on PostgreSQL the deletion waited for any writer holding the segment, as in `forget`)."""
-    for table in ROW_TABLES:
+    """After a segment is deleted: its members and history rows go (no foreign keys; on
+    PostgreSQL the deletion waited for any writer holding the segment, as in `forget`)."""
+    for table in SEGMENT_TABLES:
         session.execute(
             text(f"DELETE FROM {table} WHERE segment_id = :s"),  # noqa: S608
             {"s": segment_id},
@@ -654,16 +669,17 @@ def drop_segment(session: Session, segment_id: int) -> None:
 def has_due_timers(session: Session) -> bool:
     t = table_of(SegmentTimer)
     return (
-        session.execute(select(t.c.segment_id).where(t.c.due_at <= clock.now()).limit(1)).first()
+        session.execute(select(t.c.customer_id).where(t.c.due_at <= clock.now()).limit(1)).first()
         is not None
     )
 
 
 def run_due_timers(session: Session, *, limit: int = 5000) -> int:
-    """Re-evaluate memberships whose next time flip is due; returns pairs evaluated."""
+    """Re-evaluate every time-based segment for the customers whose timer is due (which sets
+    each one's timer again); returns the customers evaluated."""
     t = table_of(SegmentTimer)
     rows = session.execute(
-        select(t.c.segment_id, t.c.customer_id, t.c.project_id)
+        select(t.c.customer_id, t.c.project_id)
         .where(t.c.due_at <= clock.now())
         .order_by(t.c.due_at)
         .limit(limit)
@@ -671,26 +687,27 @@ def run_due_timers(session: Session, *, limit: int = 5000) -> int:
     if not rows:
         return 0
     bulk = Bulk(session)
+    ids = sorted(r.customer_id for r in rows)
     if bulk.postgres:
         # Hold the customers before taking their timers: a deletion of one of them waits for
-        # this transaction, then removes its timers, and never holds one this one waits for.
-        for part in chunks(sorted({r.customer_id for r in rows})):
+        # this transaction, then removes its timer, and never holds one this one waits for.
+        for part in chunks(ids):
             bulk.select_in("SELECT id FROM customers WHERE 1 = 1", "id", part, lock="KEY SHARE")
-    bulk.delete(
-        "segment_timers",
-        _PAIR,
-        [(r.segment_id, r.customer_id) for r in rows],
-        types=_PAIR_TYPES,
-    )
-    by_project: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    bulk.delete("segment_timers", ("customer_id",), [(cid,) for cid in ids], types=("bigint",))
+    by_project: dict[int, list[int]] = defaultdict(list)
     for r in rows:
-        by_project[r.project_id][r.customer_id].add(r.segment_id)
-    for pid, wanted in by_project.items():
-        segments = {s.id: s for s in live_segments(session, pid)}
-        pairs = {
-            cid: [segments[sid] for sid in sids if sid in segments] for cid, sids in wanted.items()
-        }
-        evaluate_pairs(session, project_id=pid, pairs=pairs, source="time")
+        by_project[r.project_id].append(r.customer_id)
+    for pid, cids in by_project.items():
+        timed = [s for s in live_segments(session, pid) if s.timed]
+        if not timed:
+            continue
+        evaluate_pairs(
+            session,
+            project_id=pid,
+            pairs={cid: list(timed) for cid in cids},
+            source="time",
+            complete=set(cids),
+        )
     return len(rows)
 
 
@@ -754,7 +771,7 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
             )
             done += len(part)
             seg.progress = 40 + int(50 * done / max(1, len(changes)))
-    if not _replace_timers(db, pid, segment_id, version, due):
+    if not _merge_timers(db, pid, segment_id, version, due):
         return
     for attempt in range(1, FINISH_ATTEMPTS + 1):
         try:
@@ -848,34 +865,30 @@ def _existing(session: Session, project_id: int, ids: list[int]) -> set[int]:
     return out
 
 
-def _replace_timers(
+def _merge_timers(
     db: Database, project_id: int, segment_id: int, version: int, due: dict[int, datetime]
 ) -> bool:
-    """Write the planned timers in place of the segment's, for the customers that still exist;
-    False when the segment was edited or deleted meanwhile. Timers that fire before the
-    computation ends leave a recheck, like any evaluation of a computing segment."""
-    parts = list(chunks(sorted(due.items()), WRITE_BATCH)) or [[]]
-    for n, part in enumerate(parts):
+    """Move the timers of the customers that still exist earlier to the planned instants where
+    those come first; False when the segment was edited or deleted meanwhile. Timers that fire
+    before the computation ends leave a recheck, like any evaluation of a computing segment."""
+    for part in chunks(sorted(due.items()), WRITE_BATCH):
         with db.session(write=True, bulk=True) as session:
             seg = session.get(Segment, segment_id, with_for_update=HOLD)
             if seg is None or seg.version != version:
                 return False
-            if n == 0:
-                session.execute(
-                    text("DELETE FROM segment_timers WHERE segment_id = :s"), {"s": segment_id}
-                )
-            if not part:
-                continue
             bulk = Bulk(session)
             listed, params = bulk.row_set(
                 ("bigint", "timestamp"), [(cid, bulk.dt(at)) for cid, at in part]
             )
+            earlier = "LEAST" if bulk.postgres else "MIN"
             bulk.execute(
-                "INSERT INTO segment_timers (segment_id, customer_id, project_id, due_at) "  # noqa: S608
-                f"SELECT {{m}}, c.id, {{m}}, r.c1 FROM ({listed}) r "
-                "JOIN customers c ON c.project_id = {m} AND c.id = r.c0"
-                + (" FOR KEY SHARE OF c" if bulk.postgres else ""),
-                (segment_id, project_id, *params, project_id),
+                "INSERT INTO segment_timers (customer_id, project_id, due_at) "  # noqa: S608
+                f"SELECT c.id, {{m}}, r.c1 FROM ({listed}) r "
+                "JOIN customers c ON c.project_id = {m} AND c.id = r.c0 WHERE true"
+                + (" FOR KEY SHARE OF c" if bulk.postgres else "")
+                + " ON CONFLICT (customer_id) DO UPDATE "
+                f"SET due_at = {earlier}(segment_timers.due_at, excluded.due_at)",
+                (project_id, *params, project_id),
             )
     return True
 

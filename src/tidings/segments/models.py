@@ -1,6 +1,6 @@
 """Segment tables: definitions, current members, the history of entries and exits, the
-instants at which time alone may change a membership, and customers to recheck after a full
-computation."""
+instant at which time alone may next change a customer's memberships, and customers to recheck
+after a full computation."""
 
 from __future__ import annotations
 
@@ -42,8 +42,10 @@ class Segment(Base):
 
 # Members, changes and timers take rows with every processed message that changes a membership:
 # they have no foreign keys (a per-row check costs more than the write on PostgreSQL). Their rows
-# go with their customer or segment in `membership.forget` and `service.delete`, and writers lock
-# the customers and segments they write for (see `membership.evaluate_pairs`).
+# go with their customer in `membership.forget`, members and changes with their segment in
+# `service.delete` (a customer's timer outlives a segment harmlessly: it falls due, nothing
+# changes), and writers lock the customers and segments they write for (see
+# `membership.evaluate_pairs`).
 
 
 class SegmentMember(Base):
@@ -74,15 +76,16 @@ class SegmentChange(Base):
 
 
 class SegmentTimer(Base):
-    """When a customer's membership in a segment may next change with time alone."""
+    """The earliest instant at which time alone may change one of a customer's memberships,
+    across all of its project's segments (one row per customer).
+
+    Never later than that instant: an evaluation of some of the customer's segments only moves
+    it earlier (`membership.evaluate_pairs`), so it may fall due before anything changes. It
+    then re-evaluates every time-based segment for the customer and sets the exact instant."""
 
     __tablename__ = "segment_timers"
-    __table_args__ = (
-        Index("ix_segment_timers_due", "due_at"),
-        Index("ix_segment_timers_customer", "customer_id"),
-    )
+    __table_args__ = (Index("ix_segment_timers_due", "due_at"),)
 
-    segment_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     customer_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
     project_id: Mapped[int] = mapped_column(Integer)
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
