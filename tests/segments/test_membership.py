@@ -24,6 +24,7 @@ from tidings import clock
 from tidings.auth import service as projects
 from tidings.customers.models import AnonymousId, Customer, Event
 from tidings.db import Database
+from tidings.db.bulk import Bulk
 from tidings.ingest.processor import Entry, apply_entries
 from tidings.jobs.models import DomainEvent, Job
 from tidings.segments import compile as compiled
@@ -486,6 +487,30 @@ def test_a_full_computation_only_brings_timers_earlier(project: Project) -> None
     clock.advance(2 * DAY + timedelta(minutes=1))
     assert p.worker.run_timers() == 1
     assert p.timers() == {x: t0 + 7 * DAY + MS}
+
+
+def test_upkeep_reads_customers_memberships_from_the_index_alone(
+    project: Project, backend: str
+) -> None:
+    """The memberships of a chunk's customers come from the customer index, without a lookup
+    of each row (a seek into the table on SQLite, a heap fetch on PostgreSQL)."""
+    p = project
+    pro = ready(p, "Pro", {"trait": "plan", "op": "eq", "value": "pro"})
+    p.send(identify("x", {"plan": "pro"}))
+    x = p.customer("x")
+    with p.db.session(write=True) as session:
+        bulk = Bulk(session)
+        assert bulk.select_in(membership.MEMBERSHIPS, "customer_id", [x]) == [(pro, x)]
+        listed = bulk._in(membership.MEMBERSHIPS, "customer_id", [x, x + 1])
+        statement = listed.replace(bulk.mark, str(x), 1).replace(bulk.mark, str(x + 1), 1)
+        if backend == "sqlite":
+            plan = " ".join(r[-1] for r in session.execute(text(f"EXPLAIN QUERY PLAN {statement}")))
+            assert "USING COVERING INDEX ix_segment_members_customer" in plan, plan
+        else:
+            session.execute(text("SET LOCAL enable_seqscan = off"))
+            session.execute(text("SET LOCAL enable_bitmapscan = off"))
+            plan = " ".join(r[0] for r in session.execute(text(f"EXPLAIN {statement}")))
+            assert "Index Only Scan using ix_segment_members_customer" in plan, plan
 
 
 def test_a_full_computation_plans_the_same_timers_as_incremental_upkeep(project: Project) -> None:

@@ -75,6 +75,8 @@ FINISH_ATTEMPTS = 3
 # A customer's and a segment's rows without foreign keys: `forget` and `drop_segment` remove them.
 CUSTOMER_TABLES = ("segment_members", "segment_changes", "segment_timers")
 SEGMENT_TABLES = ("segment_members", "segment_changes")
+# Customers' memberships (`Bulk.select_in` by customer_id): the customer index answers alone.
+MEMBERSHIPS = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
 # The key of a member row, and its columns' PostgreSQL types (for set-based deletes).
 _PAIR = ("segment_id", "customer_id")
 _PAIR_TYPES = ("integer", "bigint")
@@ -449,11 +451,10 @@ def evaluate_pairs(
     bulk = Bulk(session)
     ids = sorted(cid for cid in facts if cid not in fresh)
     current: set[tuple[int, int]] = set()
-    member_sql = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
     for part in chunks(ids):
         current.update(
             (sid, cid)
-            for sid, cid in bulk.select_in(member_sql, "customer_id", part)
+            for sid, cid in bulk.select_in(MEMBERSHIPS, "customer_id", part)
             if sid in used
         )
     timers: dict[int, datetime] = {}
@@ -643,9 +644,8 @@ def forget(session: Session, customer_ids: list[int]) -> None:
         return
     bulk = Bulk(session)
     delta: dict[int, int] = defaultdict(int)
-    count_sql = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
     for part in chunks(customer_ids):
-        for sid, _ in bulk.select_in(count_sql, "customer_id", part):
+        for sid, _ in bulk.select_in(MEMBERSHIPS, "customer_id", part):
             delta[sid] -= 1
     _add_to_counts(bulk, delta)
     for table in CUSTOMER_TABLES:

@@ -50,7 +50,8 @@ class Segment(Base):
 
 class SegmentMember(Base):
     __tablename__ = "segment_members"
-    __table_args__ = (Index("ix_segment_members_customer", "customer_id"),)
+    # A customer's memberships, from the index alone (segment upkeep reads them by customer).
+    __table_args__ = (Index("ix_segment_members_customer", "customer_id", "segment_id"),)
 
     segment_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     customer_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
