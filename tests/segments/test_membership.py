@@ -448,22 +448,29 @@ def test_a_last_charge_window_closes_on_time(project: Project) -> None:
     assert p.changes(recent) == [(dee, "entered"), (dee, "exited")]
 
 
+def signed_in_a_day_later(p: Project) -> tuple[int, int, datetime]:
+    """An "Active" segment and a member signed in a day ago, whose sign-in then moves to now
+    without upkeep seeing it: (segment, customer, first sign-in)."""
+    sid = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
+    t0 = ms(clock.now()) - DAY
+    p.send(identify("x"), track("x", "Signed In", t0))
+    x = p.customer("x")
+    assert p.timers() == {x: t0 + 7 * DAY + MS}
+    with p.db.session(write=True) as session:
+        session.execute(
+            text("UPDATE events SET timestamp = :t WHERE customer_id = :x AND name = 'Signed In'"),
+            {"t": t0.replace(tzinfo=None) + DAY, "x": x},
+        )
+    return sid, x, t0
+
+
 def test_a_timer_moves_later_only_when_every_time_based_segment_is_evaluated(
     project: Project,
 ) -> None:
     """A message evaluates some of a customer's segments: it can only bring the timer earlier
     (the others' flips may come first). Evaluating all of them sets the exact instant."""
     p = project
-    sid = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
-    t0 = ms(clock.now()) - DAY
-    p.send(identify("x"), track("x", "Signed In", t0))
-    x = p.customer("x")
-    assert p.timers() == {x: t0 + 7 * DAY + MS}
-    with p.db.session(write=True) as session:  # a later sign-in, not yet evaluated
-        session.execute(
-            text("UPDATE events SET timestamp = :t WHERE customer_id = :x AND name = 'Signed In'"),
-            {"t": t0.replace(tzinfo=None) + DAY, "x": x},
-        )
+    sid, x, t0 = signed_in_a_day_later(p)
     for complete, due in ((set(), t0 + 7 * DAY + MS), ({x}, t0 + 8 * DAY + MS)):
         with p.db.session(write=True) as session:
             seg = next(s for s in membership.live_segments(session, p.id) if s.id == sid)
@@ -1185,16 +1192,7 @@ def test_a_deletion_waits_for_a_writer_holding_what_it_deletes(
     from tidings.ingest import service as ingestion
 
     p = project
-    sid = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
-    t0 = ms(clock.now()) - DAY
-    p.send(identify("x"), track("x", "Signed In", t0))
-    x = p.customer("x")
-    assert p.timers() == {x: t0 + 7 * DAY + MS}
-    with p.db.session(write=True) as session:  # a later sign-in, not yet evaluated
-        session.execute(
-            text("UPDATE events SET timestamp = :t WHERE customer_id = :x AND name = 'Signed In'"),
-            {"t": t0.replace(tzinfo=None) + DAY, "x": x},
-        )
+    sid, x, _ = signed_in_a_day_later(p)
 
     def delete() -> None:
         with p.db.session(write=True) as session:
