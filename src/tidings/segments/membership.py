@@ -674,7 +674,13 @@ def has_due_timers(session: Session) -> bool:
     )
 
 
-def run_due_timers(session: Session, *, limit: int = 5000) -> int:
+# Customers whose timers one transaction takes: each is evaluated against every time-based
+# segment of its project (50 segments, 1,000 customers: about 0.25 s on SQLite, whose single
+# writer the processor waits for meanwhile).
+TIMER_BATCH = 1000
+
+
+def run_due_timers(session: Session, *, limit: int = TIMER_BATCH) -> int:
     """Re-evaluate every time-based segment for the customers whose timer is due (which sets
     each one's timer again); returns the customers evaluated."""
     t = table_of(SegmentTimer)
