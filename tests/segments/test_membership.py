@@ -448,9 +448,9 @@ def test_a_last_charge_window_closes_on_time(project: Project) -> None:
     assert p.changes(recent) == [(dee, "entered"), (dee, "exited")]
 
 
-def signed_in_a_day_later(p: Project) -> tuple[int, int, datetime]:
-    """An "Active" segment and a member signed in a day ago, whose sign-in then moves to now
-    without upkeep seeing it: (segment, customer, first sign-in)."""
+def sign_in_moved(p: Project, by: timedelta) -> tuple[int, int, datetime]:
+    """An "Active" segment and a member signed in a day ago, whose sign-in then moves `by`
+    without upkeep seeing it: (segment, customer, the sign-in as upkeep saw it)."""
     sid = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
     t0 = ms(clock.now()) - DAY
     p.send(identify("x"), track("x", "Signed In", t0))
@@ -459,25 +459,44 @@ def signed_in_a_day_later(p: Project) -> tuple[int, int, datetime]:
     with p.db.session(write=True) as session:
         session.execute(
             text("UPDATE events SET timestamp = :t WHERE customer_id = :x AND name = 'Signed In'"),
-            {"t": t0.replace(tzinfo=None) + DAY, "x": x},
+            {"t": t0.replace(tzinfo=None) + by, "x": x},
         )
     return sid, x, t0
 
 
-def test_a_timer_moves_later_only_when_every_time_based_segment_is_evaluated(
+def evaluate_alone(p: Project, segment_id: int, customer_id: int) -> int:
+    """Upkeep evaluating one customer against one segment, in a transaction of its own."""
+    with p.db.session(write=True) as session:
+        seg = next(s for s in membership.live_segments(session, p.id) if s.id == segment_id)
+        return membership.evaluate_pairs(
+            session, project_id=p.id, pairs={customer_id: [seg]}, source="event"
+        )
+
+
+def test_upkeep_only_brings_a_timer_earlier_and_a_due_timer_sets_the_exact_instant(
     project: Project,
 ) -> None:
-    """A message evaluates some of a customer's segments: it can only bring the timer earlier
-    (the others' flips may come first). Evaluating all of them sets the exact instant."""
+    """Upkeep evaluates some of a customer's segments: it can only bring the timer earlier
+    (the others' flips may come first). A timer that falls due early changes nothing and sets
+    the exact next instant from every time-based segment."""
     p = project
-    sid, x, t0 = signed_in_a_day_later(p)
-    for complete, due in ((set(), t0 + 7 * DAY + MS), ({x}, t0 + 8 * DAY + MS)):
-        with p.db.session(write=True) as session:
-            seg = next(s for s in membership.live_segments(session, p.id) if s.id == sid)
-            membership.evaluate_pairs(
-                session, project_id=p.id, pairs={x: [seg]}, source="event", complete=complete
-            )
-        assert p.timers() == {x: due}
+    sid, x, t0 = sign_in_moved(p, DAY)
+    assert evaluate_alone(p, sid, x) == 0
+    assert p.timers() == {x: t0 + 7 * DAY + MS}  # the flip is a day later now: kept as it was
+    clock.advance(t0 + 7 * DAY + timedelta(minutes=1) - clock.now())
+    assert p.worker.run_timers() == 1
+    assert p.members(sid) == {x}
+    assert p.timers() == {x: t0 + 8 * DAY + MS}
+    assert p.changes(sid) == [(x, "entered")]
+
+    earlier = ms(clock.now()) - 6 * DAY - DAY / 2  # a sign-in earlier than upkeep saw
+    with p.db.session(write=True) as session:
+        session.execute(
+            text("UPDATE events SET timestamp = :t WHERE customer_id = :x AND name = 'Signed In'"),
+            {"t": earlier.replace(tzinfo=None), "x": x},
+        )
+    assert evaluate_alone(p, sid, x) == 0
+    assert p.timers() == {x: earlier + 7 * DAY + MS}
 
 
 def test_a_full_computation_only_brings_timers_earlier(project: Project) -> None:
@@ -1052,33 +1071,46 @@ def test_a_change_committed_just_after_the_computation_is_not_lost(
     assert p.rechecks(sid) == set()
 
 
-def test_a_computation_whose_last_step_deadlocks_finishes_on_another_attempt(
-    project: Project, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("step", ["_recheck", "_merge_part"])
+def test_a_computation_step_that_deadlocks_runs_again(
+    project: Project, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
     """PostgreSQL breaks a deadlock by failing one transaction: when it picks the last step of
-    a computation, the step starts over rather than leaving the segment failed."""
+    a computation, or the batch bringing the customers' timers earlier, the step starts over
+    rather than leaving the segment failed."""
     from psycopg.errors import DeadlockDetected
     from sqlalchemy.exc import OperationalError
 
     p = project
-    p.send(identify("x", {"plan": "pro"}))
-    real = membership._recheck
+    t0 = ms(clock.now())
+    p.send(identify("x", {"plan": "pro"}), track("x", "Signed In", t0))
+    real = getattr(membership, step)
     calls: list[int] = []
 
-    def deadlocked_once(*args: Any, **kwargs: Any) -> None:
+    def deadlocked_once(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 1:
             raise OperationalError("UPDATE segments", {}, DeadlockDetected("deadlock detected"))
-        real(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(membership, "_recheck", deadlocked_once)
-    sid = p.create("Pro", {"trait": "plan", "op": "eq", "value": "pro"})
+    monkeypatch.setattr(membership, step, deadlocked_once)
+    rules = {
+        "all": [
+            {"trait": "plan", "op": "eq", "value": "pro"},
+            {"event": "Signed In", "op": "performed", "within_days": 2},
+        ]
+    }
+    with p.db.session(write=True) as session:
+        session.execute(delete(SegmentTimer))
+    sid = p.create("Active pros", rules)
     p.run_jobs()
     monkeypatch.undo()
     seg = p.segment(sid)
     assert (seg.status, seg.error, seg.member_count) == ("ready", None, 1)
     assert len(calls) == 2
-    assert p.members(sid) == {p.customer("x")}
+    x = p.customer("x")
+    assert p.members(sid) == {x}
+    assert p.timers() == {x: t0 + 2 * DAY + MS}
 
 
 # -- rows that go with their customer or segment ----------------------------------------------
@@ -1125,8 +1157,8 @@ def rows_of(db: Database, column: str, value: int) -> dict[str, int]:
 
 
 def test_erased_merged_and_deleted_leave_no_rows(project: Project) -> None:
-    """A customer erased (a delete message, or the API) or merged away, and a deleted segment,
-    take their events, memberships, history and timers with them."""
+    """A customer erased (a delete message, or the API) or merged away takes its events,
+    memberships, history and timer with it; a deleted segment its memberships and history."""
     from tidings.ingest import service as ingestion
 
     p = project
@@ -1176,14 +1208,50 @@ def test_erased_merged_and_deleted_leave_no_rows(project: Project) -> None:
     assert p.changes(pro) == history
 
 
+def test_a_due_timer_is_left_to_upkeep_that_relies_on_it(project: Project, backend: str) -> None:
+    """The processor evaluates a customer whose timer has just fallen due, and keeps the timer
+    (its own flip comes later); meanwhile the worker runs the due timers. The worker must not
+    take that timer and evaluate the customer without the message the processor is applying:
+    it leaves it for a later round, when the message is in.
+
+    SQLite runs one writer at a time, so the two cannot overlap there.
+    """
+    if backend != "postgres":
+        pytest.skip("SQLite runs one writer at a time: this interleaving cannot happen")
+    p = project
+    sid = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
+    t0 = ms(clock.now())
+    p.send(identify("x"), track("x", "Signed In", t0))
+    x = p.customer("x")
+    clock.advance(7 * DAY + timedelta(minutes=1))
+    t1 = ms(clock.now())
+    with p.db.session(write=True) as session:  # the processor, signing x in again
+        entry = Entry(
+            project_id=p.id,
+            message_id=uuid.uuid4().hex,
+            received_at=clock.now(),
+            raw=track("x", "Signed In", t1),
+        )
+        apply_entries(session, [entry])
+        assert entry.status == "accepted"
+        assert p.worker.run_timers() == 0
+    assert p.members(sid) == {x}
+    assert p.timers() == {x: t0 + 7 * DAY + MS}  # kept by the processor, now due
+    assert p.worker.run_timers() == 1
+    assert p.members(sid) == {x}
+    assert p.timers() == {x: t1 + 7 * DAY + MS}
+    assert p.changes(sid) == [(x, "entered")]
+
+
 @pytest.mark.parametrize("goes", ["customer", "segment"])
 def test_a_deletion_waits_for_a_writer_holding_what_it_deletes(
     project: Project, backend: str, goes: str
 ) -> None:
     """A transaction re-evaluates a membership while another deletes its customer (or its
-    segment): the deletion waits for the writer, then removes what it wrote. The writer only
-    moves the customer's timer here (no entry or exit, so no member or count row of its own to
-    conflict on).
+    segment): the deletion waits for the writer. The writer only brings the customer's timer
+    earlier here (no entry or exit, so no member or count row of its own to conflict on): the
+    customer's deletion then takes it, a segment's leaves it (it serves all the customer's
+    segments).
 
     SQLite runs one writer at a time, so the two cannot overlap there.
     """
@@ -1192,7 +1260,7 @@ def test_a_deletion_waits_for_a_writer_holding_what_it_deletes(
     from tidings.ingest import service as ingestion
 
     p = project
-    sid, x, _ = signed_in_a_day_later(p)
+    sid, x, t0 = sign_in_moved(p, -DAY)
 
     def delete() -> None:
         with p.db.session(write=True) as session:
@@ -1205,9 +1273,9 @@ def test_a_deletion_waits_for_a_writer_holding_what_it_deletes(
     with p.db.session(write=True) as session:
         seg = next(s for s in membership.live_segments(session, p.id) if s.id == sid)
         changed = membership.evaluate_pairs(
-            session, project_id=p.id, pairs={x: [seg]}, source="time", complete={x}
+            session, project_id=p.id, pairs={x: [seg]}, source="time"
         )
-        assert changed == 0  # still a member: only the timer moves (a day later)
+        assert changed == 0  # still a member: only the timer moves (a day earlier)
         deletion.start()
         deletion.join(timeout=3)
         assert deletion.is_alive(), "the deletion did not wait for the writer"
@@ -1216,3 +1284,4 @@ def test_a_deletion_waits_for_a_writer_holding_what_it_deletes(
     gone = x if goes == "customer" else sid
     assert rows_of(p.db, goes, gone) == {}
     assert orphans(p.db) == {}
+    assert p.timers() == ({} if goes == "customer" else {x: t0 + 6 * DAY + MS})

@@ -75,6 +75,13 @@ FINISH_ATTEMPTS = 3
 # A customer's and a segment's rows without foreign keys: `forget` and `drop_segment` remove them.
 CUSTOMER_TABLES = ("segment_members", "segment_changes", "segment_timers")
 SEGMENT_TABLES = ("segment_members", "segment_changes")
+# A timer written where the customer has one keeps the earlier of the two instants.
+_EARLIER = {
+    True: "ON CONFLICT (customer_id) DO UPDATE "
+    "SET due_at = LEAST(segment_timers.due_at, excluded.due_at)",
+    False: "ON CONFLICT (customer_id) DO UPDATE "
+    "SET due_at = MIN(segment_timers.due_at, excluded.due_at)",
+}
 # Customers' memberships (`Bulk.select_in` by customer_id): the customer index answers alone.
 MEMBERSHIPS = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
 # The key of a member row, and its columns' PostgreSQL types (for set-based deletes).
@@ -366,11 +373,9 @@ def refresh(
         for f in s.facets:
             by_facet[f].append(i)
     pairs: dict[int, list[LiveSegment]] = {}
-    complete: set[int] = set()
     for cid, touched in changed.items():
         if EVERYTHING in touched:
             pairs[cid] = segments
-            complete.add(cid)
             continue
         candidates = map(
             segments.__getitem__, sorted({i for f in touched for i in by_facet.get(f, ())})
@@ -386,9 +391,7 @@ def refresh(
             wanted = [s for s in candidates if _counted(s, touched, new, seen, profile, now)]
         if wanted:
             pairs[cid] = wanted
-    return evaluate_pairs(
-        session, project_id=project_id, pairs=pairs, base=base, source=source, complete=complete
-    )
+    return evaluate_pairs(session, project_id=project_id, pairs=pairs, base=base, source=source)
 
 
 def _counted(
@@ -422,14 +425,16 @@ def evaluate_pairs(
     pairs: dict[int, list[LiveSegment]],
     base: dict[int, Facts] | None = None,
     source: str,
-    complete: set[int] | frozenset[int] = frozenset(),
 ) -> int:
     """Evaluate each customer against its segments; write entries, exits and timers.
 
-    `complete` are the customers evaluated against every time-based segment of the project:
-    their timer is set to the exact instant of their next time flip. Anyone else's only moves
-    earlier, to the first flip of the segments evaluated (the others' may be later than the
-    timer, never earlier)."""
+    A customer's timer only ever comes earlier here, to the first flip of the segments
+    evaluated (its other segments' flips may be later than the timer, never earlier). Only
+    `run_due_timers` moves one later: it deletes the due timer, then sets the exact next
+    instant from every time-based segment. On PostgreSQL the timers read are locked until the
+    transaction ends, so that deletion waits for a writer that relied on the instant it read
+    (and then sees what that writer wrote), and writers of one customer's timer take turns.
+    """
     if not pairs:
         return 0
     now = clock.now()
@@ -461,11 +466,11 @@ def evaluate_pairs(
     if any(s.timed for s in used.values()):
         timer_sql = "SELECT customer_id, due_at FROM segment_timers WHERE 1 = 1"
         for part in chunks(ids):
-            for cid, due in bulk.select_in(timer_sql, "customer_id", part):
+            for cid, due in bulk.select_in(timer_sql, "customer_id", part, lock="NO KEY UPDATE"):
                 timers[cid] = bulk.read_dt(due)  # type: ignore[assignment]
     changes: list[Change] = []
     rechecks: list[dict[str, int]] = []
-    set_timers: dict[int, datetime | None] = {}
+    set_timers: dict[int, datetime] = {}
     for cid, segs in pairs.items():
         f = facts.get(cid)
         if f is None:
@@ -482,13 +487,10 @@ def evaluate_pairs(
                 due = next_change(s.tree, f, now)
                 if due is not None and (first is None or due < first):
                     first = due
+        # A segment still computing is left out of `first`: its recheck brings the timer
+        # earlier if it must (the computation's own plan comes in by `_merge_timers`).
         old = timers.get(cid)
-        # A segment still computing is left out of `first`; its recheck brings the timer
-        # earlier again if it must (the computation's own plan comes in by `_merge_timers`).
-        if cid in complete:
-            if first != old:
-                set_timers[cid] = first
-        elif first is not None and (old is None or first < old):
+        if first is not None and (old is None or first < old):
             set_timers[cid] = first
     apply_changes(session, project_id, changes, now=now, source=source)
     _write_timers(session, project_id, set_timers)
@@ -617,19 +619,17 @@ def _add_to_counts(bulk: Bulk, delta: dict[int, int]) -> None:
     )
 
 
-def _write_timers(
-    session: Session, project_id: int, set_timers: dict[int, datetime | None]
-) -> None:
-    """Set each customer's timer (None: no flip ahead, no timer)."""
+def _write_timers(session: Session, project_id: int, set_timers: dict[int, datetime]) -> None:
+    """Bring customers' timers earlier (or set them): never later than the instant stored."""
     if not set_timers:
         return
     bulk = Bulk(session)
-    ids = sorted(set_timers)
-    bulk.delete("segment_timers", ("customer_id",), [(cid,) for cid in ids], types=("bigint",))
-    bulk.insert(
-        "segment_timers",
-        ("customer_id", "project_id", "due_at"),
-        [(cid, project_id, bulk.dt(due)) for cid in ids if (due := set_timers[cid]) is not None],
+    rows = [(cid, bulk.dt(set_timers[cid])) for cid in sorted(set_timers)]
+    listed, params = bulk.row_set(("bigint", "timestamp"), rows)
+    bulk.execute(
+        "INSERT INTO segment_timers (customer_id, project_id, due_at) "  # noqa: S608
+        f"SELECT r.c0, {{m}}, r.c1 FROM ({listed}) r WHERE true {_EARLIER[bulk.postgres]}",
+        (project_id, *params),
     )
 
 
@@ -699,6 +699,19 @@ def run_due_timers(session: Session, *, limit: int = TIMER_BATCH) -> int:
         # this transaction, then removes its timer, and never holds one this one waits for.
         for part in chunks(ids):
             bulk.select_in("SELECT id FROM customers WHERE 1 = 1", "id", part, lock="KEY SHARE")
+        # Then take the timers no one else holds: another worker's, or one a writer relies on
+        # (`evaluate_pairs`), falls due again at the next round.
+        claim = "SELECT customer_id FROM segment_timers WHERE due_at <= {m}"
+        taken: set[int] = set()
+        for part in chunks(ids):
+            taken.update(
+                cid
+                for (cid,) in bulk.select_in(
+                    claim, "customer_id", part, (bulk.dt(clock.now()),), lock="UPDATE SKIP LOCKED"
+                )
+            )
+        ids = [cid for cid in ids if cid in taken]
+        rows = [r for r in rows if r.customer_id in taken]
     bulk.delete("segment_timers", ("customer_id",), [(cid,) for cid in ids], types=("bigint",))
     by_project: dict[int, list[int]] = defaultdict(list)
     for r in rows:
@@ -708,11 +721,7 @@ def run_due_timers(session: Session, *, limit: int = TIMER_BATCH) -> int:
         if not timed:
             continue
         evaluate_pairs(
-            session,
-            project_id=pid,
-            pairs={cid: list(timed) for cid in cids},
-            source="time",
-            complete=set(cids),
+            session, project_id=pid, pairs={cid: list(timed) for cid in cids}, source="time"
         )
     return len(rows)
 
@@ -878,24 +887,44 @@ def _merge_timers(
     those come first; False when the segment was edited or deleted meanwhile. Timers that fire
     before the computation ends leave a recheck, like any evaluation of a computing segment."""
     for part in chunks(sorted(due.items()), WRITE_BATCH):
-        with db.session(write=True, bulk=True) as session:
-            seg = session.get(Segment, segment_id, with_for_update=HOLD)
-            if seg is None or seg.version != version:
-                return False
-            bulk = Bulk(session)
-            listed, params = bulk.row_set(
-                ("bigint", "timestamp"), [(cid, bulk.dt(at)) for cid, at in part]
-            )
-            earlier = "LEAST" if bulk.postgres else "MIN"
-            bulk.execute(
-                "INSERT INTO segment_timers (customer_id, project_id, due_at) "  # noqa: S608
-                f"SELECT c.id, {{m}}, r.c1 FROM ({listed}) r "
-                "JOIN customers c ON c.project_id = {m} AND c.id = r.c0 WHERE true"
-                + (" FOR KEY SHARE OF c" if bulk.postgres else "")
-                + " ON CONFLICT (customer_id) DO UPDATE "
-                f"SET due_at = {earlier}(segment_timers.due_at, excluded.due_at)",
-                (project_id, *params, project_id),
-            )
+        for attempt in range(1, FINISH_ATTEMPTS + 1):
+            try:
+                if not _merge_part(db, project_id, segment_id, version, part):
+                    return False
+                break
+            except DBAPIError as exc:
+                # Upkeep writing a timer the batch is about to write, while holding one the
+                # batch holds: PostgreSQL fails one side. The batch only lowers timers, so it
+                # can run again.
+                if not isinstance(exc.orig, DeadlockDetected) or attempt == FINISH_ATTEMPTS:
+                    raise
+    return True
+
+
+def _merge_part(
+    db: Database,
+    project_id: int,
+    segment_id: int,
+    version: int,
+    part: list[tuple[int, datetime]],
+) -> bool:
+    with db.session(write=True, bulk=True) as session:
+        seg = session.get(Segment, segment_id, with_for_update=HOLD)
+        if seg is None or seg.version != version:
+            return False
+        bulk = Bulk(session)
+        listed, params = bulk.row_set(
+            ("bigint", "timestamp"), [(cid, bulk.dt(at)) for cid, at in part]
+        )
+        # In the customers' order, as upkeep locks timers: fewer deadlocks with it.
+        bulk.execute(
+            "INSERT INTO segment_timers (customer_id, project_id, due_at) "  # noqa: S608
+            f"SELECT c.id, {{m}}, r.c1 FROM ({listed}) r "
+            "JOIN customers c ON c.project_id = {m} AND c.id = r.c0 WHERE true ORDER BY c.id"
+            + (" FOR KEY SHARE OF c " if bulk.postgres else " ")
+            + _EARLIER[bulk.postgres],
+            (project_id, *params, project_id),
+        )
     return True
 
 
