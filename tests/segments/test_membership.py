@@ -22,6 +22,7 @@ from sqlalchemy import delete, select, text
 from tests.cli_support import scratch_db
 from tidings import clock
 from tidings.auth import service as projects
+from tidings.customers.batch import Policy, ProfileBatch
 from tidings.customers.models import AnonymousId, Customer, Event
 from tidings.db import Database
 from tidings.db.bulk import Bulk
@@ -1208,6 +1209,18 @@ def test_erased_merged_and_deleted_leave_no_rows(project: Project) -> None:
     assert p.changes(pro) == history
 
 
+def worker_round_beside(p: Project) -> threading.Thread:
+    """A round of due timers on another connection, while this test's transaction is open:
+    it must neither take the timers of the customers that transaction holds nor wait for
+    them (the round's thread, to join once the transaction ends)."""
+    done: list[int] = []
+    rounds = threading.Thread(target=lambda: done.append(p.worker.run_timers()))
+    rounds.start()
+    rounds.join(timeout=10)
+    assert done == [0], "the worker waited for the customer, or took its timer"
+    return rounds
+
+
 def test_a_due_timer_is_left_to_upkeep_that_relies_on_it(project: Project, backend: str) -> None:
     """The processor evaluates a customer whose timer has just fallen due, and keeps the timer
     (its own flip comes later); meanwhile the worker runs the due timers. The worker must not
@@ -1234,13 +1247,41 @@ def test_a_due_timer_is_left_to_upkeep_that_relies_on_it(project: Project, backe
         )
         apply_entries(session, [entry])
         assert entry.status == "accepted"
-        assert p.worker.run_timers() == 0
+        rounds = worker_round_beside(p)
+    rounds.join(timeout=60)
     assert p.members(sid) == {x}
     assert p.timers() == {x: t0 + 7 * DAY + MS}  # kept by the processor, now due
     assert p.worker.run_timers() == 1
     assert p.members(sid) == {x}
     assert p.timers() == {x: t1 + 7 * DAY + MS}
     assert p.changes(sid) == [(x, "entered")]
+
+
+def test_a_due_timer_is_left_while_its_customer_is_being_evaluated(
+    project: Project, backend: str
+) -> None:
+    """From the moment the processor loads a customer (before it reads any membership or
+    timer) until it commits, the worker leaves that customer's due timer to a later round.
+
+    SQLite runs one writer at a time, so the two cannot overlap there.
+    """
+    if backend != "postgres":
+        pytest.skip("SQLite runs one writer at a time: this interleaving cannot happen")
+    p = project
+    sid = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
+    t0 = ms(clock.now())
+    p.send(identify("x"), track("x", "Signed In", t0))
+    x = p.customer("x")
+    clock.advance(7 * DAY + timedelta(minutes=1))
+    with p.db.session(write=True) as session:
+        batch = ProfileBatch(p.id, Policy())
+        batch.load(session, user_ids={"x"}, emails=set(), aliases=set(), group_ids=set())
+        assert [q.id for q in batch.profiles] == [x]
+        rounds = worker_round_beside(p)
+    rounds.join(timeout=60)
+    assert p.members(sid) == {x}
+    assert p.worker.run_timers() == 1
+    assert p.members(sid) == set()
 
 
 @pytest.mark.parametrize("goes", ["customer", "segment"])

@@ -201,7 +201,8 @@ def load_facts(
     from them) or, given `per_customer` (the trees each customer is evaluated against), one
     aggregate per condition from the database: far less to read and decode per chunk.
     `hold` locks the customers read (not those in `base`, which the caller holds) until the
-    transaction ends, for a caller that writes rows for them: none can be deleted meanwhile.
+    transaction ends, for a caller that writes rows for them: none can be deleted meanwhile,
+    and two writers evaluating one customer take turns (each reads what the other wrote).
     """
     bulk = Bulk(session)
     ids = sorted(set(customer_ids))
@@ -218,7 +219,7 @@ def load_facts(
     )
     for part in chunks(missing):
         for cid, traits, audiences, ltv, count, last in bulk.select_in(
-            profile_sql, "id", part, (project_id,), lock="KEY SHARE" if hold else None
+            profile_sql, "id", part, (project_id,), lock="NO KEY UPDATE" if hold else None
         ):
             facts[cid] = Facts(
                 id=cid,
@@ -431,9 +432,9 @@ def evaluate_pairs(
     A customer's timer only ever comes earlier here, to the first flip of the segments
     evaluated (its other segments' flips may be later than the timer, never earlier). Only
     `run_due_timers` moves one later: it deletes the due timer, then sets the exact next
-    instant from every time-based segment. On PostgreSQL the timers read are locked until the
-    transaction ends, so that deletion waits for a writer that relied on the instant it read
-    (and then sees what that writer wrote), and writers of one customer's timer take turns.
+    instant from every time-based segment. Writers of one customer take turns (`load_facts`
+    holds it, as the processor does from loading its profile), so none relies on an instant,
+    or a membership, another is changing.
     """
     if not pairs:
         return 0
@@ -466,7 +467,7 @@ def evaluate_pairs(
     if any(s.timed for s in used.values()):
         timer_sql = "SELECT customer_id, due_at FROM segment_timers WHERE 1 = 1"
         for part in chunks(ids):
-            for cid, due in bulk.select_in(timer_sql, "customer_id", part, lock="NO KEY UPDATE"):
+            for cid, due in bulk.select_in(timer_sql, "customer_id", part):
                 timers[cid] = bulk.read_dt(due)  # type: ignore[assignment]
     changes: list[Change] = []
     rechecks: list[dict[str, int]] = []
@@ -695,19 +696,21 @@ def run_due_timers(session: Session, *, limit: int = TIMER_BATCH) -> int:
     bulk = Bulk(session)
     ids = sorted(r.customer_id for r in rows)
     if bulk.postgres:
-        # Hold the customers before taking their timers: a deletion of one of them waits for
-        # this transaction, then removes its timer, and never holds one this one waits for.
-        for part in chunks(ids):
-            bulk.select_in("SELECT id FROM customers WHERE 1 = 1", "id", part, lock="KEY SHARE")
-        # Then take the timers no one else holds: another worker's, or one a writer relies on
-        # (`evaluate_pairs`), falls due again at the next round.
+        # Take the customers no one else holds, then their timers: a writer evaluating one
+        # (the processor, a refresh, another worker) holds it from before it reads anything
+        # until it commits, and its customers fall due again at the next round. A deletion of
+        # one waits for this transaction, then removes its timer.
+        held = "SELECT id FROM customers WHERE 1 = 1"
         claim = "SELECT customer_id FROM segment_timers WHERE due_at <= {m}"
         taken: set[int] = set()
         for part in chunks(ids):
+            free = [
+                cid for (cid,) in bulk.select_in(held, "id", part, lock="NO KEY UPDATE SKIP LOCKED")
+            ]
             taken.update(
                 cid
                 for (cid,) in bulk.select_in(
-                    claim, "customer_id", part, (bulk.dt(clock.now()),), lock="UPDATE SKIP LOCKED"
+                    claim, "customer_id", sorted(free), (bulk.dt(clock.now()),), lock="UPDATE"
                 )
             )
         ids = [cid for cid in ids if cid in taken]
@@ -716,7 +719,7 @@ def run_due_timers(session: Session, *, limit: int = TIMER_BATCH) -> int:
     by_project: dict[int, list[int]] = defaultdict(list)
     for r in rows:
         by_project[r.project_id].append(r.customer_id)
-    for pid, cids in by_project.items():
+    for pid, cids in sorted(by_project.items()):  # counts are locked in segment order
         timed = [s for s in live_segments(session, pid) if s.timed]
         if not timed:
             continue
