@@ -1221,6 +1221,17 @@ def worker_round_beside(p: Project) -> threading.Thread:
     return rounds
 
 
+def due_active_member(p: Project) -> tuple[int, int, datetime]:
+    """An "Active" segment whose member signed in 7 days and a minute ago, its timer now due:
+    (segment, customer, sign-in)."""
+    sid = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
+    t0 = ms(clock.now())
+    p.send(identify("x"), track("x", "Signed In", t0))
+    x = p.customer("x")
+    clock.advance(7 * DAY + timedelta(minutes=1))
+    return sid, x, t0
+
+
 def test_a_due_timer_is_left_to_upkeep_that_relies_on_it(project: Project, backend: str) -> None:
     """The processor evaluates a customer whose timer has just fallen due, and keeps the timer
     (its own flip comes later); meanwhile the worker runs the due timers. The worker must not
@@ -1232,11 +1243,7 @@ def test_a_due_timer_is_left_to_upkeep_that_relies_on_it(project: Project, backe
     if backend != "postgres":
         pytest.skip("SQLite runs one writer at a time: this interleaving cannot happen")
     p = project
-    sid = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
-    t0 = ms(clock.now())
-    p.send(identify("x"), track("x", "Signed In", t0))
-    x = p.customer("x")
-    clock.advance(7 * DAY + timedelta(minutes=1))
+    sid, x, t0 = due_active_member(p)
     t1 = ms(clock.now())
     with p.db.session(write=True) as session:  # the processor, signing x in again
         entry = Entry(
@@ -1268,11 +1275,7 @@ def test_a_due_timer_is_left_while_its_customer_is_being_evaluated(
     if backend != "postgres":
         pytest.skip("SQLite runs one writer at a time: this interleaving cannot happen")
     p = project
-    sid = ready(p, "Active", {"event": "Signed In", "op": "performed", "within_days": 7})
-    t0 = ms(clock.now())
-    p.send(identify("x"), track("x", "Signed In", t0))
-    x = p.customer("x")
-    clock.advance(7 * DAY + timedelta(minutes=1))
+    sid, x, _ = due_active_member(p)
     with p.db.session(write=True) as session:
         batch = ProfileBatch(p.id, Policy())
         batch.load(session, user_ids={"x"}, emails=set(), aliases=set(), group_ids=set())
