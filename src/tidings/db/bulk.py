@@ -288,13 +288,8 @@ class Bulk:
                 params,
             )
             return
-        mark = self.mark
-        sets = ", ".join(f"{c} = {mark}" for c in columns)
-        cur = self._cursor()
-        try:
-            cur.executemany(f"UPDATE {table} SET {sets} WHERE {key} = {mark}", rows)  # noqa: S608
-        finally:
-            cur.close()
+        sets = ", ".join(f"{c} = {{m}}" for c in columns)
+        self.execute_many(f"UPDATE {table} SET {sets} WHERE {key} = {{m}}", rows)  # noqa: S608
 
     def delete(
         self,
@@ -313,12 +308,8 @@ class Bulk:
             match = " AND ".join(f"t.{k} = r.c{i}" for i, k in enumerate(keys))
             self.execute(f"DELETE FROM {table} AS t USING ({listed}) AS r WHERE {match}", params)  # noqa: S608
             return
-        where = " AND ".join(f"{k} = {self.mark}" for k in keys)
-        cur = self._cursor()
-        try:
-            cur.executemany(f"DELETE FROM {table} WHERE {where}", rows)  # noqa: S608
-        finally:
-            cur.close()
+        where = " AND ".join(f"{k} = {{m}}" for k in keys)
+        self.execute_many(f"DELETE FROM {table} WHERE {where}", rows)  # noqa: S608
 
     def allocate_ids(self, table: str, count: int) -> list[int]:
         """Reserve `count` primary keys for rows inserted in this transaction."""

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import orjson
 from psycopg.errors import DeadlockDetected
@@ -65,6 +66,7 @@ from tidings.segments.rules import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EVERYTHING = "*"
 WRITE_BATCH = 20_000
@@ -791,19 +793,22 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
             seg.progress = 40 + int(50 * done / max(1, len(changes)))
     if not _merge_timers(db, pid, segment_id, version, due):
         return
+    # The last step holds the segment, then the customers it rechecks; a processor deleting
+    # one of them holds the customer, then updates the segment's count.
+    _again_on_deadlock(segment_id, lambda: _finish(db, pid, segment_id, version))
+
+
+def _again_on_deadlock(segment_id: int, step: Callable[[], T]) -> T:
+    """Run one step of a computation, again when PostgreSQL breaks a deadlock by failing it
+    (each step is its own transaction, so it starts over from what is committed)."""
     for attempt in range(1, FINISH_ATTEMPTS + 1):
         try:
-            _finish(db, pid, segment_id, version)
-            return
+            return step()
         except DBAPIError as exc:
-            # The last step holds the segment, then the customers it rechecks; a processor
-            # deleting one of them holds the customer, then updates the segment's count.
-            # PostgreSQL breaks such a deadlock by failing one side: this step starts over.
             if not isinstance(exc.orig, DeadlockDetected) or attempt == FINISH_ATTEMPTS:
                 raise
-            log.warning(
-                "segment computation deadlocked; finishing again", extra={"segment": segment_id}
-            )
+            log.warning("segment computation deadlocked; again", extra={"segment": segment_id})
+    raise AssertionError("unreachable")
 
 
 def _finish(db: Database, project_id: int, segment_id: int, version: int) -> None:
@@ -890,17 +895,12 @@ def _merge_timers(
     those come first; False when the segment was edited or deleted meanwhile. Timers that fire
     before the computation ends leave a recheck, like any evaluation of a computing segment."""
     for part in chunks(sorted(due.items()), WRITE_BATCH):
-        for attempt in range(1, FINISH_ATTEMPTS + 1):
-            try:
-                if not _merge_part(db, project_id, segment_id, version, part):
-                    return False
-                break
-            except DBAPIError as exc:
-                # Upkeep writing a timer the batch is about to write, while holding one the
-                # batch holds: PostgreSQL fails one side. The batch only lowers timers, so it
-                # can run again.
-                if not isinstance(exc.orig, DeadlockDetected) or attempt == FINISH_ATTEMPTS:
-                    raise
+        # Upkeep may write a timer the batch is about to write while holding one the batch
+        # holds; the batch only brings timers earlier, so it can run again.
+        if not _again_on_deadlock(
+            segment_id, partial(_merge_part, db, project_id, segment_id, version, part)
+        ):
+            return False
     return True
 
 
@@ -919,7 +919,7 @@ def _merge_part(
         listed, params = bulk.row_set(
             ("bigint", "timestamp"), [(cid, bulk.dt(at)) for cid, at in part]
         )
-        # In the customers' order, as upkeep locks timers: fewer deadlocks with it.
+        # In the customers' order, as upkeep writes timers: fewer deadlocks with it.
         bulk.execute(
             "INSERT INTO segment_timers (customer_id, project_id, due_at) "  # noqa: S608
             f"SELECT c.id, {{m}}, r.c1 FROM ({listed}) r "
