@@ -30,10 +30,12 @@ PostgreSQL, copied from that file with COPY (same rows; then ANALYZE, as autovac
    the medians. Each run has a stream of its own (another seed: the same shares, other customers
    and events), so no run replays messages whose effects an earlier run (or the computation
    of the segments) has already seen. The process settles its heap first, as the worker does
-   (`worker.runner.settle_heap`). `refresh` is the time spent in `membership.refresh`
-   (facts: `load_facts`, writes: `apply_changes`). On SQLite each timed run starts from a
-   checkpointed database and ends with a checkpoint, so it pays for writing its own pages
-   back, whether or not an automatic checkpoint falls inside it; on PostgreSQL each starts
+   (`worker.runner.settle_heap`). `upkeep` is the time spent in `membership.evaluate_pairs`
+   (facts: `load_facts`, writes: `apply_changes`): inside the processor's transaction on
+   SQLite, beside it on PostgreSQL (`segments.upkeep`; a run ends when its upkeep is done).
+   On SQLite each timed run starts from a checkpointed database and ends with a checkpoint,
+   so it pays for writing its own pages back, whether or not an automatic checkpoint falls
+   inside it; on PostgreSQL each starts
    from a vacuumed database and ends with a VACUUM of the tables it writes, so it pays for
    cleaning up its own dead rows and the next run does not share the cores with autovacuum
    working through them.
@@ -347,7 +349,8 @@ PROBE.wrap(membership, "_enter", "write")  # a computation's entries
 PROBE.wrap(membership, "apply_changes", "write")  # its exits; the processor's changes
 PROBE.wrap(membership, "load_facts", "facts")
 PROBE.wrap(membership, "live_segments", "live")
-PROBE.wrap(membership, "refresh", "refresh")  # the processor calls membership.refresh
+# The processor's upkeep, in its transaction (SQLite) or beside it (PostgreSQL, upkeep.Upkeep).
+PROBE.wrap(membership, "evaluate_pairs", "upkeep")
 
 
 # -- databases ----------------------------------------------------------------------------------
@@ -963,17 +966,19 @@ def ingest_run(target: Target, label: str, messages: int, seed: int) -> Ingested
         label,
         handled,
         seconds,
-        PROBE.seconds.get("refresh", 0.0),
+        PROBE.seconds.get("upkeep", 0.0),
         PROBE.seconds.get("facts", 0.0),
         PROBE.seconds.get("write", 0.0),
         PROBE.seconds.get("live", 0.0),
-        PROBE.results.get("refresh", 0),
+        PROBE.results.get("upkeep", 0),
         statuses(target, run),
         t0 + seconds - t1,
     )
+    postgres = target.db.engine.dialect.name == "postgresql"
+    beside = " beside the processor" if postgres else ""
     print(
         f"  {label:<34} {result.rate:>7,.0f} msg/s  ({handled:,} messages in {seconds:.1f} s; "
-        f"in refresh {result.refresh:.2f} s: facts {result.facts:.2f} s, writes "
+        f"in upkeep {result.refresh:.2f} s{beside}: facts {result.facts:.2f} s, writes "
         f"{result.write:.2f} s, live_segments {result.live:.2f} s; "
         f"{result.changes:,} membership changes; final "
         f"{'vacuum' if target.db.engine.dialect.name == 'postgresql' else 'checkpoint'} "

@@ -81,12 +81,14 @@ def poison(
     refresh = processor._refresh_segments
     write_log = processor._write_log
 
-    def broken_refresh(session: Any, pid: int, batch: Any, entries: Any, known: Any) -> None:
+    def broken_refresh(
+        session: Any, pid: int, batch: Any, entries: Any, known: Any, deferred: Any
+    ) -> None:
         if any(e.message_id.endswith("-poison") for e in entries):
             if alone is not None and len(entries) == 1:
                 raise alone
             raise error or Boom("this message breaks its chunk")
-        refresh(session, pid, batch, entries, known)
+        refresh(session, pid, batch, entries, known, deferred)
 
     def refusing_log(session: Any, pid: int, entries: Any, now: Any) -> None:
         for e in entries:

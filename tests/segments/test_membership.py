@@ -12,12 +12,14 @@ import copy
 import random
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, select, text
+from sqlalchemy.orm import Session
 
 from tests.cli_support import scratch_db
 from tidings import clock
@@ -29,7 +31,7 @@ from tidings.db.bulk import Bulk
 from tidings.ingest.processor import Entry, apply_entries
 from tidings.jobs.models import DomainEvent, Job
 from tidings.segments import compile as compiled
-from tidings.segments import membership
+from tidings.segments import membership, upkeep
 from tidings.segments import service as segments
 from tidings.segments.models import (
     Segment,
@@ -37,7 +39,9 @@ from tidings.segments.models import (
     SegmentMember,
     SegmentRecheck,
     SegmentTimer,
+    SegmentUpkeep,
 )
+from tidings.segments.upkeep import Upkeep
 from tidings.worker.runner import Worker
 
 MS = timedelta(milliseconds=1)
@@ -89,8 +93,16 @@ class Project:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def send(self, *messages: Message) -> None:
-        """Apply the messages as one chunk (one transaction), as the processor does."""
+    def send(self, *messages: Message, beside: Upkeep | None = None) -> None:
+        """Apply the messages as one chunk (one transaction), as the processor does: segment
+        upkeep inside the transaction, or once it commits on `beside` (PostgreSQL's way)."""
+        if beside is None:
+            self.apply(messages)
+        else:
+            beside.submit(self.apply(messages, deferred=True))
+
+    def apply(self, messages: Iterable[Message], *, deferred: bool = False) -> list[upkeep.Work]:
+        """One committed chunk; with `deferred`, the segment upkeep it queued (not yet run)."""
         entries = [
             Entry(
                 project_id=self.id,
@@ -100,10 +112,12 @@ class Project:
             )
             for m in messages
         ]
+        work: list[upkeep.Work] = []
         with self.db.session(write=True) as session:
-            apply_entries(session, entries)
+            apply_entries(session, entries, deferred=work if deferred else None)
         for e in entries:
             assert e.status in ("accepted", "dropped"), (e.status, e.reason, e.raw)
+        return work
 
     def create(self, name: str, rules: dict[str, Any]) -> int:
         with self.db.session(write=True) as session:
@@ -200,6 +214,16 @@ class Project:
                 .order_by(Event.id)
             )
             return [(e.name, dict(e.properties), (e.context or {}).get("source")) for e in rows]
+
+    def queued(self) -> list[list[int]]:
+        """The customers of the project's segment upkeep not yet done, a list per queue row."""
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(SegmentUpkeep.customer_ids)
+                .where(SegmentUpkeep.project_id == self.id)
+                .order_by(SegmentUpkeep.id)
+            )
+            return [list(ids) for ids in rows]
 
     def rechecks(self, segment_id: int) -> set[int]:
         """Customers queued to be evaluated again once the segment's computation is done."""
@@ -1329,3 +1353,155 @@ def test_a_deletion_waits_for_a_writer_holding_what_it_deletes(
     assert rows_of(p.db, goes, gone) == {}
     assert orphans(p.db) == {}
     assert p.timers() == ({} if goes == "customer" else {x: t0 + 6 * DAY + MS})
+
+
+# -- upkeep beside the processor (PostgreSQL) -------------------------------------------------
+
+BESIDE_ONLY = "SQLite evaluates inside the processor's transaction: nothing runs beside it"
+TRIAL = {"trait": "plan", "op": "eq", "value": "trial"}
+
+
+@pytest.fixture
+def beside(backend: str, db: Database) -> Iterator[Upkeep]:
+    if backend != "postgres":
+        pytest.skip(BESIDE_ONLY)
+    with db.session(write=True) as session:
+        session.execute(delete(SegmentUpkeep))  # what an earlier test left is not this one's
+    runner = Upkeep(db)
+    yield runner
+    runner.close()
+
+
+@contextmanager
+def holding(p: Project, customer_id: int) -> Iterator[Session]:
+    """A transaction of someone else's (the processor's next chunk, say) holding a customer."""
+    with p.db.session(write=True) as session:
+        session.execute(
+            text("SELECT id FROM customers WHERE id = :c FOR NO KEY UPDATE"), {"c": customer_id}
+        )
+        yield session
+
+
+def test_upkeep_beside_the_processor_gives_what_upkeep_inside_it_gives(
+    project: Project, beside: Upkeep
+) -> None:
+    """The same messages, evaluated after each chunk commits: a stored customer, a customer
+    the chunk creates (evaluated on the chunk's own events), a trait change; counts, timers
+    and the queue end as if the chunks had evaluated them inside."""
+    p = project
+    trial = ready(p, "Trial", TRIAL)
+    active = ready(p, "Signed in", {"event": "Signed In", "op": "performed", "within_days": 7})
+    both = ready(
+        p,
+        "Trial, signed in twice",
+        {"all": [TRIAL, {"event": "Signed In", "op": "performed", "count": {"gte": 2}}]},
+    )
+    p.send(identify("a", {"plan": "trial"}), identify("b", {"plan": "free"}))
+    a, b = p.customer("a"), p.customer("b")
+    p.send(
+        track("a", "Signed In"),
+        identify("c", {"plan": "trial"}),
+        track("c", "Signed In"),
+        beside=beside,
+    )
+    p.send(track("a", "Signed In"), identify("b", {"plan": "trial"}), beside=beside)
+    beside.wait()
+    c = p.customer("c")
+    assert p.members(trial) == {a, b, c}
+    assert p.members(active) == {a, c}
+    assert p.members(both) == {a}
+    assert [p.segment(s).member_count for s in (trial, active, both)] == [3, 2, 1]
+    assert set(p.timers()) == {a, c}
+    assert p.changes(both) == [(a, "entered")]
+    assert sorted(p.segment_timeline(c), key=lambda e: e[1]["segment_id"]) == [
+        ("Trial", {"segment_id": trial, "change": "entered"}, "event"),
+        ("Signed in", {"segment_id": active, "change": "entered"}, "event"),
+    ]
+    assert p.queued() == []
+
+
+def test_upkeep_leaves_a_customer_someone_holds_until_it_is_free(
+    project: Project, beside: Upkeep
+) -> None:
+    p = project
+    trial = ready(p, "Trial", TRIAL)
+    p.send(identify("x", {"plan": "free"}), identify("y", {"plan": "free"}))
+    x, y = p.customer("x"), p.customer("y")
+    to_trial = [identify("x", {"plan": "trial"}), identify("y", {"plan": "trial"})]
+    work = p.apply(to_trial, deferred=True)
+    with holding(p, x):
+        beside.submit(work)
+        beside.wait(timeout=0)  # the round, and no second try
+        assert p.members(trial) == {y}
+        assert p.queued() == [[x]]  # until it is evaluated, x stays queued
+    beside.wait()
+    assert p.members(trial) == {x, y}
+    assert p.segment(trial).member_count == 2
+    assert p.queued() == []
+
+
+def test_upkeep_drops_a_customer_deleted_while_someone_held_it(
+    project: Project, beside: Upkeep
+) -> None:
+    from tidings.ingest import service as ingestion
+
+    p = project
+    trial = ready(p, "Trial", TRIAL)
+    p.send(identify("x", {"plan": "free"}))
+    x = p.customer("x")
+    work = p.apply([identify("x", {"plan": "trial"})], deferred=True)
+    with holding(p, x) as erasing:
+        ingestion.erase_customer(erasing, project_id=p.id, customer_id=x)
+        beside.submit(work)
+        beside.wait(timeout=0)
+        assert p.queued() == [[x]]
+    beside.wait()
+    assert p.queued() == []
+    assert p.members(trial) == set()
+    assert p.segment(trial).member_count == 0
+    assert orphans(p.db) == {}
+
+
+def test_a_failed_round_leaves_its_customers_queued_for_recovery(
+    project: Project, beside: Upkeep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = project
+    trial = ready(p, "Trial", TRIAL)
+    p.send(identify("x", {"plan": "free"}))
+    x = p.customer("x")
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("the database went away")
+
+    with monkeypatch.context() as m:
+        m.setattr(membership, "evaluate_pairs", broken)
+        p.send(identify("x", {"plan": "trial"}), beside=beside)
+        beside.wait()
+    assert p.members(trial) == set()
+    assert p.queued() == [[x]]
+    assert beside.recover() == 0  # a round may still be working on a row this new
+    assert beside.recover(older_than=timedelta(0)) == 1
+    assert p.members(trial) == {x}
+    assert p.changes(trial) == [(x, "entered")]
+    assert p.queued() == []
+
+
+def test_a_round_that_runs_after_the_next_chunk_commits_is_put_right_by_the_next_round(
+    project: Project, beside: Upkeep
+) -> None:
+    """Chunk 1's round evaluates the profile chunk 1 left (a trial plan) after chunk 2 has
+    changed it (pro): it enters the customer, and chunk 2's round, which comes after it,
+    takes it out."""
+    p = project
+    trial = ready(p, "Trial", TRIAL)
+    p.send(identify("x", {"plan": "free"}))
+    x = p.customer("x")
+    first = p.apply([identify("x", {"plan": "trial"})], deferred=True)
+    second = p.apply([identify("x", {"plan": "pro"})], deferred=True)
+    beside.submit(first)
+    beside.submit(second)
+    beside.wait()
+    assert p.changes(trial) == [(x, "entered"), (x, "exited")]
+    assert p.members(trial) == set()
+    assert p.segment(trial).member_count == 0
+    assert p.queued() == []

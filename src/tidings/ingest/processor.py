@@ -43,7 +43,7 @@ from tidings.ingest.wire import (
     merge_batch_defaults,
     normalize,
 )
-from tidings.segments import membership
+from tidings.segments import membership, upkeep
 from tidings.segments.evaluate import EventRow, Facts
 from tidings.segments.membership import EVERYTHING
 
@@ -419,8 +419,14 @@ def _known_ids(session: Session, project_id: int, message_ids: Sequence[str]) ->
     }
 
 
-def apply_entries(session: Session, entries: list[Entry]) -> dict[int, dict[str, int]]:
-    """Apply a list of entries (any projects) inside the caller's transaction; returns counts."""
+def apply_entries(
+    session: Session, entries: list[Entry], *, deferred: list[upkeep.Work] | None = None
+) -> dict[int, dict[str, int]]:
+    """Apply a list of entries (any projects) inside the caller's transaction; returns counts.
+
+    Segment upkeep runs inside the transaction too, unless the caller passes `deferred`: it
+    then gets the upkeep to run once the transaction commits (`upkeep.Upkeep`), which the
+    transaction queues."""
     by_project: dict[int, list[Entry]] = defaultdict(list)
     for e in entries:
         by_project[e.project_id].append(e)
@@ -431,12 +437,17 @@ def apply_entries(session: Session, entries: list[Entry]) -> dict[int, dict[str,
         policy = policies.get(pid)
         if policy is None:
             continue  # the project was deleted after the request was acknowledged
-        counts[pid] = _apply_project(session, pid, policy, group, now)
+        counts[pid] = _apply_project(session, pid, policy, group, now, deferred)
     return counts
 
 
 def _apply_project(
-    session: Session, pid: int, policy: Policy, group: list[Entry], now: datetime
+    session: Session,
+    pid: int,
+    policy: Policy,
+    group: list[Entry],
+    now: datetime,
+    deferred: list[upkeep.Work] | None,
 ) -> dict[str, int]:
     counts = {"accepted": 0, "dropped": 0, "rejected": 0, "failed": 0, "duplicate": 0}
     known = _known_ids(session, pid, [e.message_id for e in group])
@@ -466,7 +477,7 @@ def _apply_project(
     membership.forget(
         session, sorted({*batch.rows.deletes, *(src for src, _ in batch.rows.merges)})
     )
-    _refresh_segments(session, pid, batch, fresh, known_before)
+    _refresh_segments(session, pid, batch, fresh, known_before, deferred)
     if batch.rows.deletes:
         redact_customer(session, project_id=pid, customer_ids=batch.rows.deletes)
     _write_log(session, pid, fresh, now)
@@ -483,9 +494,15 @@ def _apply_project(
 
 
 def _refresh_segments(
-    session: Session, pid: int, batch: ProfileBatch, entries: list[Entry], known: set[int]
+    session: Session,
+    pid: int,
+    batch: ProfileBatch,
+    entries: list[Entry],
+    known: set[int],
+    deferred: list[upkeep.Work] | None,
 ) -> None:
-    """Update the segment memberships the chunk's changes can affect."""
+    """Update the segment memberships the chunk's changes can affect (or queue the update,
+    into `deferred`)."""
     segments = membership.live_segments(session, pid)
     if not segments:
         return
@@ -546,6 +563,11 @@ def _refresh_segments(
             base[f.id].events.setdefault(key, []).append(row)
     for cid, facts in base.items():
         facts.fresh = cid not in stored
+    if deferred is not None:
+        if changed:
+            queued = upkeep.queue(session, pid, sorted(changed))
+            deferred.append(upkeep.Work(pid, changed, base, events, segments, queued))
+        return
     membership.refresh(
         session, project_id=pid, changed=changed, base=base, events=events, segments=segments
     )
@@ -625,11 +647,15 @@ def _write_log(session: Session, pid: int, entries: list[Entry], now: datetime) 
     bulk.insert("ingest_messages", [c for c, _ in _LOG], rows, types=[t for _, t in _LOG])
 
 
-def process_chunk(db: Database, chunk: Chunk) -> dict[int, dict[str, int]]:
-    """Apply one chunk and remove its rows from the inbox."""
+def process_chunk(
+    db: Database, chunk: Chunk, segment_upkeep: upkeep.Upkeep | None = None
+) -> dict[int, dict[str, int]]:
+    """Apply one chunk and remove its rows from the inbox. Given `segment_upkeep`, the
+    chunk's segment upkeep runs there once the chunk commits."""
+    deferred: list[upkeep.Work] | None = None if segment_upkeep is None else []
     try:
         with db.session(write=True) as session:
-            counts = apply_entries(session, chunk.entries)
+            counts = apply_entries(session, chunk.entries, deferred=deferred)
             if not db.separate_inbox:
                 _delete_inbox(session, chunk.inbox_ids)
     except Exception as exc:
@@ -640,6 +666,9 @@ def process_chunk(db: Database, chunk: Chunk) -> dict[int, dict[str, int]]:
         if not db.separate_inbox:
             with db.session(write=True) as session:
                 _delete_inbox(session, chunk.inbox_ids)
+    else:
+        if segment_upkeep is not None and deferred:
+            segment_upkeep.submit(deferred)
     if db.separate_inbox:
         with db.inbox_write_engine.begin() as conn:
             table = table_of(InboxItem)
@@ -766,13 +795,18 @@ def drain(
     chunk_size: int,
     max_chunks: int | None = None,
     reader: InboxReader | None = None,
+    segment_upkeep: upkeep.Upkeep | None = None,
 ) -> int:
     """Process inbox chunks until it is empty (or max_chunks); returns messages handled.
     A caller that drains again and again passes its own `reader`, which keeps reading ahead
-    between calls."""
+    between calls, and on PostgreSQL its own segment upkeep (`upkeep.Upkeep`), which it waits
+    for when it pauses; otherwise the drain waits for its upkeep before it returns."""
     own = reader is None
     if reader is None:
         reader = InboxReader(db, limit=chunk_size)
+    own_upkeep = segment_upkeep is None and is_postgres(db.engine)
+    if own_upkeep:
+        segment_upkeep = upkeep.Upkeep(db)
     handled = 0
     done = 0
     try:
@@ -780,10 +814,13 @@ def drain(
             chunk = reader.next()
             if not chunk.inbox_ids:
                 break
-            process_chunk(db, chunk)
+            process_chunk(db, chunk, segment_upkeep)
             handled += len(chunk.entries)
             done += 1
     finally:
         if own:
             reader.close()
+        if own_upkeep and segment_upkeep is not None:
+            segment_upkeep.wait()
+            segment_upkeep.close()
     return handled

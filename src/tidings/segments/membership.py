@@ -352,6 +352,7 @@ def refresh(
     source: str = "event",
     events: dict[int, list[tuple[Facet, EventRow]]] | None = None,
     segments: list[LiveSegment] | None = None,
+    skipped: dict[int, set[int]] | None = None,
 ) -> int:
     """Re-evaluate the segments each customer's changes can affect; returns memberships changed.
 
@@ -362,7 +363,7 @@ def refresh(
     profile in `base` does not settle it whatever the events (`evaluate.settled`). A customer
     whose facts in `base` are `fresh` (created by this chunk) is evaluated on those facts'
     events, without reading its events, memberships or timers. `segments` are the project's
-    `live_segments` when the caller has just read them.
+    `live_segments` when the caller has just read them. `skipped`: see `evaluate_pairs`.
     """
     if not changed:
         return 0
@@ -370,7 +371,21 @@ def refresh(
         segments = live_segments(session, project_id)
     if not segments:
         return 0
-    now = clock.now()
+    pairs = affected(changed, segments, base=base, events=events, now=clock.now())
+    return evaluate_pairs(
+        session, project_id=project_id, pairs=pairs, base=base, source=source, skipped=skipped
+    )
+
+
+def affected(
+    changed: dict[int, set[Facet | str]],
+    segments: list[LiveSegment],
+    *,
+    base: dict[int, Facts] | None,
+    events: dict[int, list[tuple[Facet, EventRow]]] | None,
+    now: datetime,
+) -> dict[int, list[LiveSegment]]:
+    """The segments to evaluate for each customer, given what changed (see `refresh`)."""
     by_facet: dict[Facet | str, list[int]] = defaultdict(list)
     for i, s in enumerate(segments):
         for f in s.facets:
@@ -394,7 +409,7 @@ def refresh(
             wanted = [s for s in candidates if _counted(s, touched, new, seen, profile, now)]
         if wanted:
             pairs[cid] = wanted
-    return evaluate_pairs(session, project_id=project_id, pairs=pairs, base=base, source=source)
+    return pairs
 
 
 def _counted(
@@ -428,6 +443,7 @@ def evaluate_pairs(
     pairs: dict[int, list[LiveSegment]],
     base: dict[int, Facts] | None = None,
     source: str,
+    skipped: dict[int, set[int]] | None = None,
 ) -> int:
     """Evaluate each customer against its segments; write entries, exits and timers.
 
@@ -437,10 +453,15 @@ def evaluate_pairs(
     instant from every time-based segment. Writers of one customer take turns (`load_facts`
     holds it, as the processor does from loading its profile), so none relies on an instant,
     or a membership, another is changing.
+
+    The customers in `base` are the caller's, held by it, unless `skipped` is given: the
+    caller then holds none of them. Each is taken here if no one else holds it, or else left
+    out and added to `skipped` (with its segments' ids) for the caller to evaluate later.
     """
     if not pairs:
         return 0
     now = clock.now()
+    held = skipped is None
     used = {s.id: s for segs in pairs.values() for s in segs}
     fresh = {cid for cid, f in (base or {}).items() if f.fresh and cid in pairs}
     _hold_segments(session, used, pairs)
@@ -454,26 +475,11 @@ def evaluate_pairs(
         per_customer={
             cid: [s.tree for s in segs] for cid, segs in pairs.items() if cid not in fresh
         },
-        hold=True,
+        hold=held,
     )
-    bulk = Bulk(session)
-    ids = sorted(cid for cid in facts if cid not in fresh)
-    current: set[tuple[int, int]] = set()
-    for part in chunks(ids):
-        current.update(
-            (sid, cid)
-            for sid, cid in bulk.select_in(MEMBERSHIPS, "customer_id", part)
-            if sid in used
-        )
-    timers: dict[int, datetime] = {}
-    if any(s.timed for s in used.values()):
-        timer_sql = "SELECT customer_id, due_at FROM segment_timers WHERE 1 = 1"
-        for part in chunks(ids):
-            for cid, due in bulk.select_in(timer_sql, "customer_id", part):
-                timers[cid] = bulk.read_dt(due)  # type: ignore[assignment]
-    changes: list[Change] = []
+    verdicts: list[tuple[LiveSegment, int, bool]] = []
     rechecks: list[dict[str, int]] = []
-    set_timers: dict[int, datetime] = {}
+    firsts: dict[int, datetime] = {}
     for cid, segs in pairs.items():
         f = facts.get(cid)
         if f is None:
@@ -483,18 +489,48 @@ def evaluate_pairs(
             if s.status == "computing":
                 rechecks.append({"segment_id": s.id, "customer_id": cid})
                 continue
-            inside = holds(s.tree, f, now)
-            if inside != ((s.id, cid) in current):
-                changes.append(Change(s, cid, inside))
+            verdicts.append((s, cid, holds(s.tree, f, now)))
             if s.timed:
                 due = next_change(s.tree, f, now)
                 if due is not None and (first is None or due < first):
                     first = due
         # A segment still computing is left out of `first`: its recheck brings the timer
         # earlier if it must (the computation's own plan comes in by `_merge_timers`).
-        old = timers.get(cid)
-        if first is not None and (old is None or first < old):
-            set_timers[cid] = first
+        if first is not None:
+            firsts[cid] = first
+    # A customer this chunk created has no memberships or timer yet, if the caller has held it
+    # since it was created; otherwise a computation may have given it some meanwhile.
+    ids = sorted(cid for cid in facts if not (held and cid in fresh))
+    if skipped is not None:
+        # Only now, for the writes: the processor's next chunk may hold some of these
+        # customers, and it is not kept waiting while the facts are read and evaluated.
+        taken = _take_customers(session, project_id, {cid: pairs[cid] for cid in facts}, skipped)
+        ids = [cid for cid in ids if cid in taken]
+        verdicts = [v for v in verdicts if v[1] in taken]
+        rechecks = [r for r in rechecks if r["customer_id"] in taken]
+        firsts = {cid: due for cid, due in firsts.items() if cid in taken}
+    bulk = Bulk(session)
+    current: set[tuple[int, int]] = set()
+    for part in chunks(ids):
+        current.update(
+            (sid, cid)
+            for sid, cid in bulk.select_in(MEMBERSHIPS, "customer_id", part)
+            if sid in used
+        )
+    timers: dict[int, datetime] = {}
+    if firsts:
+        timer_sql = "SELECT customer_id, due_at FROM segment_timers WHERE 1 = 1"
+        for part in chunks(ids):
+            for cid, due in bulk.select_in(timer_sql, "customer_id", part):
+                timers[cid] = bulk.read_dt(due)  # type: ignore[assignment]
+    changes = [
+        Change(s, cid, inside) for s, cid, inside in verdicts if inside != ((s.id, cid) in current)
+    ]
+    set_timers = {
+        cid: first
+        for cid, first in firsts.items()
+        if (old := timers.get(cid)) is None or first < old
+    }
     apply_changes(session, project_id, changes, now=now, source=source)
     _write_timers(session, project_id, set_timers)
     if rechecks:
@@ -502,6 +538,36 @@ def evaluate_pairs(
 
         upsert(session, table_of(SegmentRecheck), rechecks, keys=("segment_id", "customer_id"))
     return len(changes)
+
+
+def _take_customers(
+    session: Session,
+    project_id: int,
+    pairs: dict[int, list[LiveSegment]],
+    skipped: dict[int, set[int]],
+) -> set[int]:
+    """Lock the customers of `pairs` that no one else holds, and return them (PostgreSQL;
+    SQLite writers hold the whole database). Those someone holds go to `skipped` with their
+    segments' ids; those deleted meanwhile are dropped."""
+    bulk = Bulk(session)
+    ids = sorted(pairs)
+    customer_sql = "SELECT id FROM customers WHERE project_id = {m}"
+    taken: set[int] = set()
+    for part in chunks(ids):
+        taken.update(
+            cid
+            for (cid,) in bulk.select_in(
+                customer_sql, "id", part, (project_id,), lock="NO KEY UPDATE SKIP LOCKED"
+            )
+        )
+    rest = [cid for cid in ids if cid not in taken]
+    present: set[int] = set()
+    for part in chunks(rest):
+        present.update(cid for (cid,) in bulk.select_in(customer_sql, "id", part, (project_id,)))
+    for cid in rest:
+        if cid in present:
+            skipped.setdefault(cid, set()).update(s.id for s in pairs[cid])
+    return taken
 
 
 def _hold_segments(

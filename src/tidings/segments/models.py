@@ -105,4 +105,27 @@ class SegmentRecheck(Base):
     )
 
 
-__all__ = ["Segment", "SegmentChange", "SegmentMember", "SegmentRecheck", "SegmentTimer"]
+class SegmentUpkeep(Base):
+    """Customers whose segments a committed chunk may have changed, not yet evaluated.
+
+    On PostgreSQL the processor evaluates a chunk's segments after the chunk commits, on a
+    connection of its own, while it applies the next chunk (`upkeep.Upkeep`). The chunk's
+    transaction writes this row; the evaluation deletes it when it commits. A row left behind
+    (a crash, a failed evaluation) is evaluated again, every segment for each customer."""
+
+    __tablename__ = "segment_upkeep"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(Integer)
+    customer_ids: Mapped[list[int]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+__all__ = [
+    "Segment",
+    "SegmentChange",
+    "SegmentMember",
+    "SegmentRecheck",
+    "SegmentTimer",
+    "SegmentUpkeep",
+]

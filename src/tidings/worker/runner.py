@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session
 
 from tidings import clock, jobs
 from tidings.db import Database
+from tidings.db.engine import is_postgres
 from tidings.ingest import processor
 from tidings.ingest import service as ingestion
 from tidings.messaging import delivery
-from tidings.segments import membership
+from tidings.segments import membership, upkeep
 
 log = logging.getLogger(__name__)
 
@@ -90,28 +91,36 @@ class Worker:
         self.stop_event = threading.Event()
         self._last_jobs = 0.0
         self.reader = processor.InboxReader(db, limit=db.settings.processor_chunk)
+        # PostgreSQL: chunks' segment upkeep runs beside the processor (see segments.upkeep).
+        self.upkeep = upkeep.Upkeep(db) if is_postgres(db.engine) else None
 
     def run_once(self) -> int:
         """One round: a chunk of the inbox if this worker holds the lease, then due jobs."""
         handled = 0
         # The lease is renewed before every chunk, so it cannot lapse during a long drain.
-        for _ in range(20):
-            if not processor.acquire_lease(self.db, self.name):
-                break
-            done = processor.drain(
-                self.db,
-                chunk_size=self.db.settings.processor_chunk,
-                max_chunks=1,
-                reader=self.reader,
-            )
-            if not done:
-                break
-            handled += done
+        try:
+            for _ in range(20):
+                if not processor.acquire_lease(self.db, self.name):
+                    break
+                done = processor.drain(
+                    self.db,
+                    chunk_size=self.db.settings.processor_chunk,
+                    max_chunks=1,
+                    reader=self.reader,
+                    segment_upkeep=self.upkeep,
+                )
+                if not done:
+                    break
+                handled += done
+        finally:
+            if self.upkeep is not None:
+                self.upkeep.wait()  # memberships catch up whenever the processor pauses
         now = time.monotonic()
         if now - self._last_jobs > 1.0:
             self._last_jobs = now
             handled += self.run_jobs()
             handled += self.run_timers()
+            handled += self.recover_upkeep()
         handled += self.run_sends()
         return handled
 
@@ -137,6 +146,16 @@ class Worker:
         except Exception:
             # A deadlock with upkeep, say: the timers stay due for the next round.
             log.exception("segment timers round failed")
+            return 0
+
+    def recover_upkeep(self) -> int:
+        """Segment upkeep that a crashed or failed round left queued (PostgreSQL)."""
+        if self.upkeep is None:
+            return 0
+        try:
+            return self.upkeep.recover()
+        except Exception:
+            log.exception("segment upkeep recovery failed")
             return 0
 
     def run_jobs(self) -> int:
@@ -181,6 +200,8 @@ class Worker:
             if not handled:
                 self.stop_event.wait(idle)
         self.reader.close()
+        if self.upkeep is not None:
+            self.upkeep.close()
         try:
             processor.release_lease(self.db, self.name)
         except Exception:

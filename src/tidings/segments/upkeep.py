@@ -1,0 +1,235 @@
+"""Segment upkeep beside the processor (PostgreSQL).
+
+On PostgreSQL the processor does not evaluate a chunk's segments inside the chunk's
+transaction: the transaction records the customers to evaluate (`queue`), and once it commits,
+an `Upkeep` evaluates them on a connection of its own while the processor applies the next
+chunk. The database server works for both at once, and the processor does not wait for
+upkeep's reads and writes. SQLite has one writer at a time and nothing to overlap: there the
+processor evaluates inside its transaction (`membership.refresh`).
+
+One round runs at a time, in the order of the chunks, so a round always has the profile of
+the chunk it evaluates or a newer one. A round takes only customers no one else holds (the
+processor holds the next chunk's): the others are evaluated in a later round, when the
+processor has let them go. Memberships lag the processor by at most a round, and `wait`
+catches up.
+
+Nothing acknowledged is lost: the queue row of a chunk goes in the chunk's transaction and out
+in the transaction of the round that evaluated it (or that queued its skipped customers
+again). A row left behind (a crash, a failed round) is evaluated again by `recover`, every
+segment for each of its customers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+from psycopg.errors import DeadlockDetected
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from tidings import clock
+from tidings.db import Database, table_of
+from tidings.segments import membership
+from tidings.segments.evaluate import EventRow, Facts
+from tidings.segments.membership import LiveSegment
+from tidings.segments.models import SegmentUpkeep
+from tidings.segments.rules import Facet
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 3  # a round that meets a deadlock runs again
+STALE = timedelta(seconds=30)  # a queue row this old belongs to no running round
+RECOVER_BATCH = 100
+
+
+@dataclass(slots=True)
+class Work:
+    """A committed chunk's segment upkeep for one project, as `membership.refresh` takes it."""
+
+    project_id: int
+    changed: dict[int, set[Facet | str]]
+    base: dict[int, Facts]
+    events: dict[int, list[tuple[Facet, EventRow]]]
+    segments: list[LiveSegment]
+    queued: int  # its segment_upkeep row
+
+
+def queue(session: Session, project_id: int, customer_ids: list[int]) -> int:
+    """Record, in the caller's transaction, customers whose segments are to be evaluated."""
+    t = table_of(SegmentUpkeep)
+    row = session.execute(
+        insert(t)
+        .values(project_id=project_id, customer_ids=customer_ids, created_at=clock.now())
+        .returning(t.c.id)
+    )
+    return int(row.scalar_one())
+
+
+class Upkeep:
+    """Evaluates committed chunks' segments in the background, a round at a time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._pool: ThreadPoolExecutor | None = None
+        self._round: Future[bool] | None = None
+        # Customers a round had to leave (someone held them): project -> customer -> segment
+        # ids, and the queue rows that hold them meanwhile.
+        self._carry: dict[int, dict[int, set[int]]] = {}
+        self._carried: list[int] = []
+
+    def submit(self, work: list[Work]) -> None:
+        """Start evaluating `work` (of a committed chunk) once the round before is done."""
+        self._finish_round()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="tidings-segments")
+        self._round = self._pool.submit(self._run, work)
+
+    def wait(self, *, timeout: float = 5.0) -> None:
+        """Until everything submitted is evaluated. Customers held by others are tried again
+        for up to `timeout` seconds; past that (or if a round fails) they stay queued, for a
+        later round or for `recover`."""
+        self._finish_round()
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while self._carry and time.monotonic() < deadline:
+            if not self._run([]):
+                return
+            if self._carry:
+                time.sleep(pause)
+                pause = min(0.2, pause * 2)
+
+    def close(self) -> None:
+        self._finish_round()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _finish_round(self) -> None:
+        current, self._round = self._round, None
+        if current is not None:
+            current.result()
+
+    def _run(self, work: list[Work], rows: Sequence[tuple[int, int, list[int]]] = ()) -> bool:
+        """One round: `work`, the customers carried from the round before, and queue rows
+        `rows` (id, project, customers) being recovered. False if it failed: its customers
+        stay queued, for `recover`."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                self._round_once(work, rows)
+                return True
+            except DBAPIError as exc:
+                if not isinstance(exc.orig, DeadlockDetected) or attempt == ATTEMPTS:
+                    log.exception("segment upkeep failed; its customers stay queued")
+                    break
+                # The round's facts may be half-filled: evaluate from the database again.
+                work = [Work(w.project_id, w.changed, {}, {}, w.segments, w.queued) for w in work]
+            except Exception:
+                log.exception("segment upkeep failed; its customers stay queued")
+                break
+        self._carry, self._carried = {}, []
+        return False
+
+    def recover(self, *, older_than: timedelta = STALE) -> int:
+        """Evaluate queue rows no round is working on (left by a crash or a failed round):
+        every segment for each of their customers. Returns the rows done."""
+        self._finish_round()
+        t = table_of(SegmentUpkeep)
+        with self.db.session() as session:
+            rows = session.execute(
+                select(t.c.id, t.c.project_id, t.c.customer_ids)
+                .where(
+                    t.c.created_at <= clock.now() - older_than,
+                    t.c.id.not_in(self._carried),
+                )
+                .order_by(t.c.id)
+                .limit(RECOVER_BATCH)
+            ).all()
+        if rows and self._run([], [(r.id, r.project_id, r.customer_ids) for r in rows]):
+            self.wait()
+        return len(rows)
+
+    def _round_once(self, work: list[Work], rows: Sequence[tuple[int, int, list[int]]]) -> None:
+        """One transaction: per project, the customers of `work`, those carried from the round
+        before and those of recovered `rows`, evaluated together."""
+        skipped: dict[int, dict[int, set[int]]] = defaultdict(dict)
+        with self.db.session(write=True) as session:
+            now = clock.now()
+            plans: dict[int, _Plan] = {}
+            for w in work:
+                plan = plans.setdefault(w.project_id, _Plan(w.segments))
+                plan.base.update(w.base)
+                plan.add(
+                    membership.affected(
+                        w.changed,
+                        w.segments,
+                        base=w.base or None,
+                        events=w.events if w.base else None,
+                        now=now,
+                    )
+                )
+            for pid, customers in self._carry.items():
+                plan = _plan_of(session, plans, pid)
+                plan.add({cid: plan.having(ids) for cid, ids in customers.items()})
+            for _, pid, ids in rows:
+                plan = _plan_of(session, plans, pid)
+                plan.add({int(cid): plan.segments for cid in ids})
+            for pid, plan in sorted(plans.items()):
+                membership.evaluate_pairs(
+                    session,
+                    project_id=pid,
+                    pairs=plan.pairs,
+                    base=plan.base or None,
+                    source="event",
+                    skipped=skipped[pid],
+                )
+            done = [w.queued for w in work] + self._carried + [row_id for row_id, _, _ in rows]
+            carried = _requeue(session, done, skipped)
+        self._carry = {pid: c for pid, c in skipped.items() if c}
+        self._carried = carried
+
+
+class _Plan:
+    """A round's customers of one project, each with the segments to evaluate."""
+
+    def __init__(self, segments: list[LiveSegment]) -> None:
+        self.segments = segments
+        self.base: dict[int, Facts] = {}
+        self.pairs: dict[int, list[LiveSegment]] = {}
+
+    def having(self, ids: set[int]) -> list[LiveSegment]:
+        return [s for s in self.segments if s.id in ids]
+
+    def add(self, pairs: dict[int, list[LiveSegment]]) -> None:
+        for cid, segs in pairs.items():
+            if not segs:
+                continue
+            have = self.pairs.get(cid)
+            if have is None:
+                self.pairs[cid] = list(segs)
+            else:
+                known = {s.id for s in have}
+                have.extend(s for s in segs if s.id not in known)
+
+
+def _plan_of(session: Session, plans: dict[int, _Plan], project_id: int) -> _Plan:
+    plan = plans.get(project_id)
+    if plan is None:
+        plan = plans[project_id] = _Plan(membership.live_segments(session, project_id))
+    return plan
+
+
+def _requeue(
+    session: Session, done: list[int], skipped: dict[int, dict[int, set[int]]]
+) -> list[int]:
+    """Remove the rows of what a round evaluated, and queue the customers it had to leave."""
+    t = table_of(SegmentUpkeep)
+    for start in range(0, len(done), 500):
+        session.execute(delete(t).where(t.c.id.in_(done[start : start + 500])))
+    return [queue(session, pid, sorted(c)) for pid, c in sorted(skipped.items()) if c]
