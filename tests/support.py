@@ -169,12 +169,23 @@ class Tenant:
                 total += int(float(line.rsplit(" ", 1)[1]))
         return total
 
+    def upkeep_pending(self) -> int:
+        """Processed chunks of this project whose segment memberships are not yet updated."""
+        marker = f'tidings_segment_upkeep_pending{{project="{self.project_id}"}} '
+        for line in self.http.get("/metrics").text.splitlines():
+            if line.startswith(marker):
+                return int(float(line.rsplit(" ", 1)[1]))
+        return 0
+
     def wait_processed(self, count: int, timeout: float = 20) -> None:
+        """Until `count` messages are processed and their segment memberships updated."""
         deadline = time.monotonic() + timeout
-        while self.processed() < count:
+        while self.processed() < count or self.upkeep_pending():
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"only {self.processed()} of {count} messages processed\n{self.server.log()}"
+                    f"only {self.processed()} of {count} messages processed "
+                    f"({self.upkeep_pending()} chunks' segment upkeep pending)\n"
+                    f"{self.server.log()}"
                 )
             time.sleep(0.02)
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from tests.cli_support import scratch_db
 from tidings import clock
 from tidings.auth import service as projects
+from tidings.customers import service as customers
 from tidings.customers.batch import Policy, ProfileBatch
 from tidings.customers.models import AnonymousId, Customer, Event
 from tidings.db import Database
@@ -1479,29 +1480,168 @@ def test_a_failed_round_leaves_its_customers_queued_for_recovery(
         beside.wait()
     assert p.members(trial) == set()
     assert p.queued() == [[x]]
+    with p.db.session() as session:
+        assert upkeep.pending(session).get(p.id) == 1  # as /metrics reports it
     assert beside.recover() == 0  # a round may still be working on a row this new
     assert beside.recover(older_than=timedelta(0)) == 1
     assert p.members(trial) == {x}
     assert p.changes(trial) == [(x, "entered")]
     assert p.queued() == []
+    with p.db.session() as session:
+        assert p.id not in upkeep.pending(session)
 
 
-def test_a_round_that_runs_after_the_next_chunk_commits_is_put_right_by_the_next_round(
+def api_traits(p: Project, customer_id: int, traits: dict[str, Any]) -> None:
+    """An edit through the API, and its segment refresh job (another worker's, say)."""
+    with p.db.session(write=True) as session:
+        customers.update_traits(session, project_id=p.id, customer_id=customer_id, traits=traits)
+    p.run_jobs()
+
+
+def test_a_round_evaluates_the_profile_as_it_is_when_the_next_chunk_changed_it(
     project: Project, beside: Upkeep
 ) -> None:
-    """Chunk 1's round evaluates the profile chunk 1 left (a trial plan) after chunk 2 has
-    changed it (pro): it enters the customer, and chunk 2's round, which comes after it,
-    takes it out."""
+    """Chunk 1 gives x a trial plan, chunk 2 a pro plan, and both commit before chunk 1's
+    round: the round sees that x's row is no longer the one chunk 1 left and reads it again,
+    so x never enters (and never leaves) Trial."""
+    p = project
+    trial = ready(p, "Trial", TRIAL)
+    p.send(identify("x", {"plan": "free"}))
+    first = p.apply([identify("x", {"plan": "trial"})], deferred=True)
+    second = p.apply([identify("x", {"plan": "pro"})], deferred=True)
+    beside.submit(first)
+    beside.start()  # chunk 1's round alone
+    beside.submit(second)
+    beside.wait()
+    assert p.changes(trial) == []
+    assert p.members(trial) == set()
+    assert p.queued() == []
+
+
+def test_a_round_never_undoes_what_another_writer_evaluated_after_its_chunk(
+    project: Project, beside: Upkeep
+) -> None:
+    """Between a chunk's commit and its round, an API edit changes the customer back and its
+    refresh evaluates it: the round must not enter the customer on the chunk's profile."""
     p = project
     trial = ready(p, "Trial", TRIAL)
     p.send(identify("x", {"plan": "free"}))
     x = p.customer("x")
-    first = p.apply([identify("x", {"plan": "trial"})], deferred=True)
-    second = p.apply([identify("x", {"plan": "pro"})], deferred=True)
-    beside.submit(first)
-    beside.submit(second)
+    work = p.apply([identify("x", {"plan": "trial"})], deferred=True)
+    api_traits(p, x, {"plan": "free"})
+    beside.submit(work)
     beside.wait()
-    assert p.changes(trial) == [(x, "entered"), (x, "exited")]
     assert p.members(trial) == set()
-    assert p.segment(trial).member_count == 0
+    assert p.changes(trial) == []
     assert p.queued() == []
+
+
+def test_a_round_reads_a_carried_customer_only_once_it_holds_it(
+    project: Project, beside: Upkeep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer left to the next round (someone held it) changes and is evaluated by another
+    writer just as that round starts: the round reads it after taking it, not before."""
+    p = project
+    trial = ready(p, "Trial", TRIAL)
+    p.send(identify("x", {"plan": "free"}))
+    x = p.customer("x")
+    work = p.apply([identify("x", {"plan": "trial"})], deferred=True)
+    with holding(p, x):
+        beside.submit(work)
+        beside.wait(timeout=0)
+    assert p.queued() == [[x]]
+    take = membership._take_customers
+    edited: list[int] = []
+
+    def edit_first(*args: Any, **kwargs: Any) -> Any:
+        if not edited:
+            edited.append(x)
+            api_traits(p, x, {"plan": "free"})
+        return take(*args, **kwargs)
+
+    monkeypatch.setattr(membership, "_take_customers", edit_first)
+    beside.wait()
+    assert edited == [x]
+    assert p.members(trial) == set()
+    assert p.queued() == []
+
+
+def test_a_round_evaluates_a_segment_as_it_is_when_it_runs(
+    project: Project, beside: Upkeep
+) -> None:
+    """The segment is redefined (and computed) between the chunk and its round: the round
+    evaluates the new definition."""
+    p = project
+    sid = ready(p, "Paying", TRIAL)
+    p.send(identify("x", {"plan": "free"}), identify("y", {"plan": "free"}))
+    y = p.customer("y")
+    work = p.apply(
+        [identify("x", {"plan": "trial"}), identify("y", {"plan": "pro"})], deferred=True
+    )
+    p.update(sid, {"trait": "plan", "op": "eq", "value": "pro"})
+    p.run_jobs()
+    assert p.members(sid) == {y}  # the computation saw both profiles already
+    beside.submit(work)
+    beside.wait()
+    assert p.members(sid) == {y}
+    assert p.segment(sid).member_count == 1
+
+
+def test_a_round_that_finds_its_segment_edited_leaves_it_to_the_computation(
+    project: Project, beside: Upkeep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The segment is edited after the round has read the definitions, before it holds the
+    segment: the round records a recheck for the computation instead of evaluating the old
+    definition (which would enter x, for the computation to take out again)."""
+    p = project
+    sid = ready(p, "Trial", TRIAL)
+    p.send(identify("x", {"plan": "free"}))
+    x = p.customer("x")
+    work = p.apply([identify("x", {"plan": "trial"})], deferred=True)
+    hold = membership._hold_segments
+    edited: list[int] = []
+
+    def edit_first(*args: Any, **kwargs: Any) -> Any:
+        if not edited:
+            edited.append(sid)
+            p.update(sid, {"trait": "plan", "op": "eq", "value": "pro"})
+        return hold(*args, **kwargs)
+
+    monkeypatch.setattr(membership, "_hold_segments", edit_first)
+    beside.submit(work)
+    beside.wait()
+    assert edited == [sid]
+    assert p.rechecks(sid) == {x}
+    p.run_jobs()
+    assert p.changes(sid) == []
+    assert p.members(sid) == set()
+
+
+def test_a_computation_sees_what_a_round_on_the_old_definition_wrote(
+    project: Project, beside: Upkeep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segment is edited while a round that read it before the edit runs: the computation
+    waits for the round before it reads the members it compares with, so it neither fails on
+    a member the round entered nor misses one."""
+    p = project
+    sid = ready(p, "Trial or pro", TRIAL)
+    p.send(identify("x", {"plan": "free"}))
+    x = p.customer("x")
+    work = p.apply([identify("x", {"plan": "trial"})], deferred=True)
+    p.update(sid, {"any": [TRIAL, {"trait": "plan", "op": "eq", "value": "pro"}]})
+    progress = membership._set_progress
+    ran: list[int] = []
+
+    def round_first(*args: Any, **kwargs: Any) -> Any:
+        if not ran:
+            ran.append(sid)
+            beside.submit(work)
+            beside.wait()
+        return progress(*args, **kwargs)
+
+    monkeypatch.setattr(membership, "_set_progress", round_first)
+    p.run_jobs()
+    assert ran == [sid]
+    seg = p.segment(sid)
+    assert (seg.status, seg.error, seg.member_count) == ("ready", None, 1)
+    assert p.members(sid) == {x}

@@ -10,6 +10,7 @@ from tidings import clock
 from tidings.db import Database
 from tidings.ingest import service as ingestion
 from tidings.ingest.inbox import backlog
+from tidings.segments import upkeep
 
 router = APIRouter(include_in_schema=False)
 
@@ -46,6 +47,15 @@ def metrics(request: Request) -> PlainTextResponse:
                     f'tidings_messages_processed_total{{project="{row.project_id}",'
                     f'status="{status}"}} {getattr(row, status)}'
                 )
+        lines += [
+            "# HELP tidings_segment_upkeep_pending Processed chunks whose segment memberships"
+            " are not yet updated, by project (PostgreSQL evaluates them beside the processor).",
+            "# TYPE tidings_segment_upkeep_pending gauge",
+        ]
+        lines += [
+            f'tidings_segment_upkeep_pending{{project="{pid}"}} {n}'
+            for pid, n in sorted(upkeep.pending(session).items())
+        ]
     pending, oldest = backlog(db)
     lag = (clock.now() - oldest).total_seconds() if oldest else 0.0
     lines += [

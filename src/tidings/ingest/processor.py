@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -420,13 +420,17 @@ def _known_ids(session: Session, project_id: int, message_ids: Sequence[str]) ->
 
 
 def apply_entries(
-    session: Session, entries: list[Entry], *, deferred: list[upkeep.Work] | None = None
+    session: Session,
+    entries: list[Entry],
+    *,
+    deferred: list[upkeep.Work] | None = None,
+    loaded: Callable[[], None] | None = None,
 ) -> dict[int, dict[str, int]]:
     """Apply a list of entries (any projects) inside the caller's transaction; returns counts.
 
     Segment upkeep runs inside the transaction too, unless the caller passes `deferred`: it
     then gets the upkeep to run once the transaction commits (`upkeep.Upkeep`), which the
-    transaction queues."""
+    transaction queues. `loaded` is called once the transaction holds its customers."""
     by_project: dict[int, list[Entry]] = defaultdict(list)
     for e in entries:
         by_project[e.project_id].append(e)
@@ -437,7 +441,7 @@ def apply_entries(
         policy = policies.get(pid)
         if policy is None:
             continue  # the project was deleted after the request was acknowledged
-        counts[pid] = _apply_project(session, pid, policy, group, now, deferred)
+        counts[pid] = _apply_project(session, pid, policy, group, now, deferred, loaded)
     return counts
 
 
@@ -448,6 +452,7 @@ def _apply_project(
     group: list[Entry],
     now: datetime,
     deferred: list[upkeep.Work] | None,
+    loaded: Callable[[], None] | None,
 ) -> dict[str, int]:
     counts = {"accepted": 0, "dropped": 0, "rejected": 0, "failed": 0, "duplicate": 0}
     known = _known_ids(session, pid, [e.message_id for e in group])
@@ -462,6 +467,8 @@ def _apply_project(
         fresh.append(e)
     batch = ProfileBatch(pid, policy)
     batch.load(session, **_identifiers(fresh))
+    if loaded is not None:
+        loaded()
     known_before = {id(p) for p in batch.profiles}
     for e in fresh:
         if e.message is None:
@@ -565,8 +572,10 @@ def _refresh_segments(
         facts.fresh = cid not in stored
     if deferred is not None:
         if changed:
-            queued = upkeep.queue(session, pid, sorted(changed))
-            deferred.append(upkeep.Work(pid, changed, base, events, segments, queued))
+            ids = sorted(changed)
+            queued = upkeep.queue(session, pid, ids)
+            versions = membership.row_versions(session, pid, sorted(base))
+            deferred.append(upkeep.Work(pid, changed, base, events, queued, versions))
         return
     membership.refresh(
         session, project_id=pid, changed=changed, base=base, events=events, segments=segments
@@ -655,13 +664,20 @@ def process_chunk(
     deferred: list[upkeep.Work] | None = None if segment_upkeep is None else []
     try:
         with db.session(write=True) as session:
-            counts = apply_entries(session, chunk.entries, deferred=deferred)
+            counts = apply_entries(
+                session,
+                chunk.entries,
+                deferred=deferred,
+                loaded=None if segment_upkeep is None else segment_upkeep.start,
+            )
             if not db.separate_inbox:
                 _delete_inbox(session, chunk.inbox_ids)
     except Exception as exc:
         if transient(exc):
             raise  # the chunk stays in the inbox and is applied whole again
         log.exception("chunk failed; applying its messages one by one")
+        if segment_upkeep is not None:
+            segment_upkeep.wait()  # its customers are evaluated inside each message's transaction
         counts = _process_one_by_one(db, chunk)
         if not db.separate_inbox:
             with db.session(write=True) as session:
@@ -821,6 +837,5 @@ def drain(
         if own:
             reader.close()
         if own_upkeep and segment_upkeep is not None:
-            segment_upkeep.wait()
             segment_upkeep.close()
     return handled

@@ -88,6 +88,8 @@ _EARLIER = {
 MEMBERSHIPS = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
 # The key of a member row, and its columns' PostgreSQL types (for set-based deletes).
 _PAIR = ("segment_id", "customer_id")
+# A customer row's version on PostgreSQL: the transaction that wrote it (xmin).
+_VERSION = "CAST(CAST(xmin AS text) AS bigint)"
 _PAIR_TYPES = ("integer", "bigint")
 
 
@@ -444,6 +446,7 @@ def evaluate_pairs(
     base: dict[int, Facts] | None = None,
     source: str,
     skipped: dict[int, set[int]] | None = None,
+    versions: dict[int, int] | None = None,
 ) -> int:
     """Evaluate each customer against its segments; write entries, exits and timers.
 
@@ -456,15 +459,28 @@ def evaluate_pairs(
 
     The customers in `base` are the caller's, held by it, unless `skipped` is given: the
     caller then holds none of them. Each is taken here if no one else holds it, or else left
-    out and added to `skipped` (with its segments' ids) for the caller to evaluate later.
+    out and added to `skipped` (with its segments' ids) for the caller to evaluate later; its
+    profile in `base` counts only if its row is still at the version in `versions`.
     """
     if not pairs:
         return 0
     now = clock.now()
     held = skipped is None
+    if skipped is not None:
+        # Taken before anything is read, as by every writer; the profile in `base` is used
+        # only if the row is the one the chunk left (`versions`), and events are all read.
+        taken = _take_customers(session, project_id, pairs, skipped)
+        pairs = {cid: segs for cid, segs in pairs.items() if cid in taken}
+        if not pairs:
+            return 0
+        base = {
+            cid: f
+            for cid, f in (base or {}).items()
+            if cid in taken and taken[cid] == (versions or {}).get(cid)
+        }
     used = {s.id: s for segs in pairs.values() for s in segs}
-    fresh = {cid for cid, f in (base or {}).items() if f.fresh and cid in pairs}
-    _hold_segments(session, used, pairs)
+    fresh = {cid for cid, f in (base or {}).items() if held and f.fresh and cid in pairs}
+    _hold_segments(session, project_id, used, pairs)
     facts = load_facts(
         session,
         project_id,
@@ -498,17 +514,9 @@ def evaluate_pairs(
         # earlier if it must (the computation's own plan comes in by `_merge_timers`).
         if first is not None:
             firsts[cid] = first
-    # A customer this chunk created has no memberships or timer yet, if the caller has held it
-    # since it was created; otherwise a computation may have given it some meanwhile.
-    ids = sorted(cid for cid in facts if not (held and cid in fresh))
-    if skipped is not None:
-        # Only now, for the writes: the processor's next chunk may hold some of these
-        # customers, and it is not kept waiting while the facts are read and evaluated.
-        taken = _take_customers(session, project_id, {cid: pairs[cid] for cid in facts}, skipped)
-        ids = [cid for cid in ids if cid in taken]
-        verdicts = [v for v in verdicts if v[1] in taken]
-        rechecks = [r for r in rechecks if r["customer_id"] in taken]
-        firsts = {cid: due for cid, due in firsts.items() if cid in taken}
+    # A customer this chunk created has no memberships or timer yet (the caller has held it
+    # since it was created).
+    ids = sorted(cid for cid in facts if cid not in fresh)
     bulk = Bulk(session)
     current: set[tuple[int, int]] = set()
     for part in chunks(ids):
@@ -545,23 +553,28 @@ def _take_customers(
     project_id: int,
     pairs: dict[int, list[LiveSegment]],
     skipped: dict[int, set[int]],
-) -> set[int]:
-    """Lock the customers of `pairs` that no one else holds, and return them (PostgreSQL;
-    SQLite writers hold the whole database). Those someone holds go to `skipped` with their
-    segments' ids; those deleted meanwhile are dropped."""
+) -> dict[int, int]:
+    """Lock the customers of `pairs` that no one else holds; their row versions by id
+    (PostgreSQL's xmin; SQLite writers hold the whole database, and have no versions). Those
+    someone holds go to `skipped` with their segments' ids; those deleted are dropped."""
     bulk = Bulk(session)
     ids = sorted(pairs)
-    customer_sql = "SELECT id FROM customers WHERE project_id = {m}"
-    taken: set[int] = set()
+    version = _VERSION if bulk.postgres else "0"
+    taken: dict[int, int] = {}
     for part in chunks(ids):
         taken.update(
-            cid
-            for (cid,) in bulk.select_in(
-                customer_sql, "id", part, (project_id,), lock="NO KEY UPDATE SKIP LOCKED"
+            (cid, v)
+            for cid, v in bulk.select_in(
+                f"SELECT id, {version} FROM customers WHERE project_id = {{m}}",  # noqa: S608
+                "id",
+                part,
+                (project_id,),
+                lock="NO KEY UPDATE SKIP LOCKED",
             )
         )
     rest = [cid for cid in ids if cid not in taken]
     present: set[int] = set()
+    customer_sql = "SELECT id FROM customers WHERE project_id = {m}"
     for part in chunks(rest):
         present.update(cid for (cid,) in bulk.select_in(customer_sql, "id", part, (project_id,)))
     for cid in rest:
@@ -570,41 +583,68 @@ def _take_customers(
     return taken
 
 
+def row_versions(session: Session, project_id: int, customer_ids: list[int]) -> dict[int, int]:
+    """The customers' row versions (PostgreSQL's xmin) as this transaction sees them: what
+    `evaluate_pairs` compares to know a profile read now is still the row's."""
+    bulk = Bulk(session)
+    out: dict[int, int] = {}
+    sql = f"SELECT id, {_VERSION} FROM customers WHERE project_id = {{m}}"  # noqa: S608
+    for part in chunks(customer_ids):
+        out.update((cid, v) for cid, v in bulk.select_in(sql, "id", part, (project_id,)))
+    return out
+
+
 def _hold_segments(
-    session: Session, used: dict[int, LiveSegment], pairs: dict[int, list[LiveSegment]]
+    session: Session,
+    project_id: int,
+    used: dict[int, LiveSegment],
+    pairs: dict[int, list[LiveSegment]],
 ) -> None:
     """On PostgreSQL, lock the segments about to be evaluated until the transaction ends, leave
     out any deleted meanwhile, and see the outcome of a computation that is finishing.
 
     Every segment is key-share locked: a deletion waits for this transaction, then removes the
-    rows it writes (`drop_segment`). A segment read as "computing" is share-locked: the
-    computation's last step locks it for update, so either it has not started (our recheck
-    rows will be seen by it) or it has committed (the segment is ready and we evaluate it
-    normally), never in between.
+    rows it writes (`drop_segment`), and so does a computation before it reads the members it
+    compares with (`compute`), so it sees what this transaction writes. A segment read as
+    "computing" is share-locked: the computation's last step locks it for update, so either it
+    has not started (our recheck rows will be seen by it) or it has committed (the segment is
+    ready and we evaluate it normally), never in between. A segment edited since it was read
+    is evaluated as it is now (computing, mostly: a recheck).
     """
     if not used or session.get_bind().dialect.name != "postgresql":
         return
     t = table_of(Segment)
     computing = sorted(sid for sid, s in used.items() if s.status == "computing")
     ready = sorted(sid for sid in used if sid not in computing)
-    present: set[int] = set()
+    versions: dict[int, int] = {}
     now_ready: set[int] = set()
     if ready:
-        held = select(t.c.id).where(t.c.id.in_(ready))
-        present.update(session.execute(held.with_for_update(read=True, key_share=True)).scalars())
+        held = select(t.c.id, t.c.version).where(t.c.id.in_(ready))
+        held = held.with_for_update(read=True, key_share=True)
+        versions.update((r.id, r.version) for r in session.execute(held))
     if computing:
         rows = session.execute(
-            select(t.c.id, t.c.status).where(t.c.id.in_(computing)).with_for_update(read=True)
+            select(t.c.id, t.c.version, t.c.status)
+            .where(t.c.id.in_(computing))
+            .with_for_update(read=True)
         ).all()
-        present.update(r.id for r in rows)
+        versions.update((r.id, r.version) for r in rows)
         now_ready = {r.id for r in rows if r.status == "ready"}
-    gone = set(used) - present
-    if not gone and not now_ready:
+    gone = set(used) - set(versions)
+    edited = {sid for sid, v in versions.items() if v != used[sid].version}
+    if not gone and not now_ready and not edited:
         return
     for sid in gone:
         del used[sid]
     for sid in now_ready:
         used[sid] = replace(used[sid], status="ready")
+    if edited:
+        current = {s.id: s for s in live_segments(session, project_id)}
+        for sid in edited:
+            if sid in current and current[sid].version == versions[sid]:
+                used[sid] = current[sid]
+            else:  # edited again meanwhile, or no longer resolves: its computation rechecks
+                used[sid] = replace(used[sid], status="computing")
     for cid, segs in pairs.items():
         pairs[cid] = [used[s.id] for s in segs if s.id in used]
 
@@ -812,6 +852,10 @@ def _set_progress(db: Database, segment_id: int, version: int, progress: int) ->
 
 def compute(db: Database, *, segment_id: int, version: int) -> None:
     """Compute a segment's membership in full; a newer version's job supersedes this one."""
+    # Writers that evaluated the segment as it was hold it (key share) until they commit: the
+    # members read below must include what they write (`_hold_segments`).
+    with db.session(write=True) as session:
+        session.get(Segment, segment_id, with_for_update=True)
     now = clock.now()
     with db.session() as session:
         seg = session.get(Segment, segment_id)

@@ -7,11 +7,13 @@ chunk. The database server works for both at once, and the processor does not wa
 upkeep's reads and writes. SQLite has one writer at a time and nothing to overlap: there the
 processor evaluates inside its transaction (`membership.refresh`).
 
-One round runs at a time, in the order of the chunks, so a round always has the profile of
-the chunk it evaluates or a newer one. A round takes only customers no one else holds (the
-processor holds the next chunk's): the others are evaluated in a later round, when the
-processor has let them go. Memberships lag the processor by at most a round, and `wait`
-catches up.
+One round runs at a time, in the order of the chunks. The processor starts a chunk's round once
+its next chunk holds its own customers; the round then takes (locks) the customers no one else
+holds, before it reads anything, as every writer that evaluates a customer does, and leaves the
+others (mostly the next chunk's) to the round after. It evaluates the segments as they are when
+it starts, on the profile the chunk left if the customer's row is still the one the chunk wrote
+(its version, PostgreSQL's xmin) or else as read now, and on events read now. Memberships lag
+the processor by about a chunk, and `wait` catches up.
 
 Nothing acknowledged is lost: the queue row of a chunk goes in the chunk's transaction and out
 in the transaction of the round that evaluated it (or that queued its skipped customers
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from psycopg.errors import DeadlockDetected
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -57,8 +59,8 @@ class Work:
     changed: dict[int, set[Facet | str]]
     base: dict[int, Facts]
     events: dict[int, list[tuple[Facet, EventRow]]]
-    segments: list[LiveSegment]
     queued: int  # its segment_upkeep row
+    versions: dict[int, int]  # the row versions of the customers in `base`, as the chunk left them
 
 
 def queue(session: Session, project_id: int, customer_ids: list[int]) -> int:
@@ -72,6 +74,13 @@ def queue(session: Session, project_id: int, customer_ids: list[int]) -> int:
     return int(row.scalar_one())
 
 
+def pending(session: Session) -> dict[int, int]:
+    """Per project, the chunks (or leftovers of rounds) whose segment upkeep is not done."""
+    t = table_of(SegmentUpkeep)
+    rows = session.execute(select(t.c.project_id, func.count()).group_by(t.c.project_id))
+    return {pid: int(n) for pid, n in rows}
+
+
 class Upkeep:
     """Evaluates committed chunks' segments in the background, a round at a time."""
 
@@ -83,10 +92,20 @@ class Upkeep:
         # ids, and the queue rows that hold them meanwhile.
         self._carry: dict[int, dict[int, set[int]]] = {}
         self._carried: list[int] = []
+        self._pending: list[Work] = []
 
     def submit(self, work: list[Work]) -> None:
-        """Start evaluating `work` (of a committed chunk) once the round before is done."""
+        """Evaluate `work` (of a committed chunk) in the next round, which `start` starts."""
+        self._pending.extend(work)
+
+    def start(self) -> None:
+        """Start the next round once the round before is done. The processor calls this once
+        its next chunk holds its customers: the round leaves those to the round after, rather
+        than make the chunk wait for them."""
+        if not self._pending:
+            return
         self._finish_round()
+        work, self._pending = self._pending, []
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="tidings-segments")
         self._round = self._pool.submit(self._run, work)
@@ -95,6 +114,7 @@ class Upkeep:
         """Until everything submitted is evaluated. Customers held by others are tried again
         for up to `timeout` seconds; past that (or if a round fails) they stay queued, for a
         later round or for `recover`."""
+        self.start()
         self._finish_round()
         deadline = time.monotonic() + timeout
         pause = 0.005
@@ -106,7 +126,8 @@ class Upkeep:
                 pause = min(0.2, pause * 2)
 
     def close(self) -> None:
-        self._finish_round()
+        """Finish what was submitted (as `wait`), then stop the round's thread."""
+        self.wait()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -129,7 +150,7 @@ class Upkeep:
                     log.exception("segment upkeep failed; its customers stay queued")
                     break
                 # The round's facts may be half-filled: evaluate from the database again.
-                work = [Work(w.project_id, w.changed, {}, {}, w.segments, w.queued) for w in work]
+                work = [Work(w.project_id, w.changed, {}, {}, w.queued, {}) for w in work]
             except Exception:
                 log.exception("segment upkeep failed; its customers stay queued")
                 break
@@ -151,8 +172,14 @@ class Upkeep:
                 .order_by(t.c.id)
                 .limit(RECOVER_BATCH)
             ).all()
-        if rows and self._run([], [(r.id, r.project_id, r.customer_ids) for r in rows]):
+        batch = [(r.id, r.project_id, list(r.customer_ids)) for r in rows]
+        if self._run([], batch):
             self.wait()
+        else:
+            # One row may be what fails: the others are not kept waiting on it.
+            for row in batch:
+                if self._run([], [row]):
+                    self.wait()
         return len(rows)
 
     def _round_once(self, work: list[Work], rows: Sequence[tuple[int, int, list[int]]]) -> None:
@@ -163,12 +190,14 @@ class Upkeep:
             now = clock.now()
             plans: dict[int, _Plan] = {}
             for w in work:
-                plan = plans.setdefault(w.project_id, _Plan(w.segments))
+                # The segments as they are now: one may have changed since the chunk.
+                plan = _plan_of(session, plans, w.project_id)
                 plan.base.update(w.base)
+                plan.versions.update(w.versions)
                 plan.add(
                     membership.affected(
                         w.changed,
-                        w.segments,
+                        plan.segments,
                         base=w.base or None,
                         events=w.events if w.base else None,
                         now=now,
@@ -188,6 +217,7 @@ class Upkeep:
                     base=plan.base or None,
                     source="event",
                     skipped=skipped[pid],
+                    versions=plan.versions,
                 )
             done = [w.queued for w in work] + self._carried + [row_id for row_id, _, _ in rows]
             carried = _requeue(session, done, skipped)
@@ -201,6 +231,7 @@ class _Plan:
     def __init__(self, segments: list[LiveSegment]) -> None:
         self.segments = segments
         self.base: dict[int, Facts] = {}
+        self.versions: dict[int, int] = {}
         self.pairs: dict[int, list[LiveSegment]] = {}
 
     def having(self, ids: set[int]) -> list[LiveSegment]:
