@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 import random
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -1617,31 +1618,145 @@ def test_a_round_that_finds_its_segment_edited_leaves_it_to_the_computation(
     assert p.members(sid) == set()
 
 
-def test_a_computation_sees_what_a_round_on_the_old_definition_wrote(
+def lock_waits(db: Database) -> int:
+    """Backends of this database waiting for a lock (PostgreSQL)."""
+    with db.session() as session:
+        return int(
+            session.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            ).scalar_one()
+        )
+
+
+def cancel_lock_waits(db: Database) -> None:
+    with db.session() as session:
+        session.execute(
+            text(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event_type = "
+                "'Lock' AND datname = current_database()"
+            )
+        )
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_computation_waits_for_a_round_holding_the_old_definition(
     project: Project, beside: Upkeep, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A segment is edited while a round that read it before the edit runs: the computation
-    waits for the round before it reads the members it compares with, so it neither fails on
-    a member the round entered nor misses one."""
+    """A round holds the segment as it was (ready) when the segment is edited and its
+    computation starts: the computation waits for the round before it reads the members it
+    compares with, so it neither fails on the member the round entered nor misses it."""
     p = project
-    sid = ready(p, "Trial or pro", TRIAL)
+    sid = ready(p, "Trial", TRIAL)
     p.send(identify("x", {"plan": "free"}))
     x = p.customer("x")
     work = p.apply([identify("x", {"plan": "trial"})], deferred=True)
-    p.update(sid, {"any": [TRIAL, {"trait": "plan", "op": "eq", "value": "pro"}]})
-    progress = membership._set_progress
-    ran: list[int] = []
+    go, inside = threading.Event(), threading.Event()
+    load = membership.load_facts
 
-    def round_first(*args: Any, **kwargs: Any) -> Any:
-        if not ran:
-            ran.append(sid)
-            beside.submit(work)
-            beside.wait()
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name.startswith("tidings-segments") and not go.is_set():
+            inside.set()
+            go.wait(20)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(membership, "load_facts", paused)
+    progress = membership._set_progress
+
+    def round_done_first(*args: Any, **kwargs: Any) -> Any:
+        go.set()  # were the computation not waiting for it, the round would go on only now
+        beside.wait()
         return progress(*args, **kwargs)
 
-    monkeypatch.setattr(membership, "_set_progress", round_first)
-    p.run_jobs()
-    assert ran == [sid]
+    monkeypatch.setattr(membership, "_set_progress", round_done_first)
+    beside.submit(work)
+    beside.start()
+    assert inside.wait(10)  # the round holds x and the segment (as it was: ready)
+    p.update(sid, {"any": [TRIAL, {"trait": "plan", "op": "eq", "value": "pro"}]})
+    computing = threading.Thread(target=p.run_jobs)
+    computing.start()
+    eventually(lambda: lock_waits(p.db) > 0)  # the computation waits for the round
+    go.set()
+    computing.join(30)
+    assert not computing.is_alive()
     seg = p.segment(sid)
     assert (seg.status, seg.error, seg.member_count) == ("ready", None, 1)
     assert p.members(sid) == {x}
+    assert p.changes(sid) == [(x, "entered")]
+
+
+def test_a_chunk_never_waits_for_a_round_while_it_holds_its_customers(
+    project: Project, beside: Upkeep
+) -> None:
+    """A round waits for a computation's last step (which holds the segment), and that step
+    waits for a customer the processor's next chunk holds: the chunk starts the round without
+    waiting for the one before, commits, and all three finish. (Were the chunk to wait for the
+    round inside its transaction, the three would wait for each other, and PostgreSQL could
+    not see it.)"""
+    p = project
+    sid = ready(p, "Trial", TRIAL)
+    p.send(identify("z", {"plan": "free"}))
+    p.send(identify("x", {"plan": "free"}), identify("y", {"plan": "free"}))
+    z, x = p.customer("z"), p.customer("x")
+    assert z < x  # the last step locks z, then x (in the order of their ids)
+    p.update(sid, {"trait": "plan", "op": "eq", "value": "pro"})  # computing; its job not run
+    version = p.segment(sid).version
+    with p.db.session(write=True) as session:  # writers during the computation left rechecks
+        session.execute(
+            text(
+                "INSERT INTO segment_rechecks (segment_id, customer_id) VALUES (:s, :z), (:s, :x)"
+            ),
+            {"s": sid, "z": z, "x": x},
+        )
+    beside.submit(p.apply([identify("y", {"plan": "trial"})], deferred=True))
+    errors: list[BaseException] = []
+
+    def run(step: Callable[[], Any]) -> threading.Thread:
+        def target() -> None:
+            try:
+                step()
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        return thread
+
+    queued: list[upkeep.Work] = []
+
+    def next_chunk() -> None:  # as process_chunk applies it
+        entry = Entry(p.id, uuid.uuid4().hex, clock.now(), identify("x", {"plan": "pro"}))
+        with p.db.session(write=True) as session:
+            apply_entries(session, [entry], deferred=queued, loaded=beside.start)
+
+    with holding(p, z):  # someone holds z for a moment
+        finishing = run(lambda: membership._finish(p.db, p.id, sid, version))
+        assert eventually(lambda: lock_waits(p.db) == 1)  # the last step waits for z
+        beside.start()  # the round of y: it waits for the segment
+        assert eventually(lambda: lock_waits(p.db) == 2)
+        beside.submit(p.apply([identify("w", {"plan": "trial"})], deferred=True))
+        chunk = run(next_chunk)  # holds x, starts the next round
+        chunk.join(10)
+        hung = chunk.is_alive()
+        if hung:  # break the wait cycle, so that the test fails instead of hanging
+            cancel_lock_waits(p.db)
+        assert not hung, "the chunk waits for a round inside its transaction"
+    finishing.join(30)
+    beside.submit(queued)
+    beside.wait()
+    assert not finishing.is_alive()
+    assert errors == []
+    seg = p.segment(sid)
+    assert (seg.status, seg.error) == ("ready", None)
+    assert p.members(sid) == {x}  # the segment is now "plan = pro": y and w are on trial
+    assert p.queued() == []

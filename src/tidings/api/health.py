@@ -48,8 +48,8 @@ def metrics(request: Request) -> PlainTextResponse:
                     f'status="{status}"}} {getattr(row, status)}'
                 )
         lines += [
-            "# HELP tidings_segment_upkeep_pending Processed chunks whose segment memberships"
-            " are not yet updated, by project (PostgreSQL evaluates them beside the processor).",
+            "# HELP tidings_segment_upkeep_pending Queued segment upkeep (processed chunks, or"
+            " customers left to a later round) not yet done, by project (PostgreSQL).",
             "# TYPE tidings_segment_upkeep_pending gauge",
         ]
         lines += [

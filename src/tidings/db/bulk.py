@@ -129,9 +129,10 @@ class Bulk:
     ) -> list[tuple[Any, ...]]:
         """Run `sql` (which ends in a WHERE clause) with `AND column IN (values)` appended;
         `sql` uses `{m}` for its own placeholders. `lock` ("NO KEY UPDATE", "KEY SHARE") takes
-        row locks of that strength on PostgreSQL (SQLite writers already hold the database
-        lock): with NO KEY UPDATE a read-modify-write loses no update, with KEY SHARE the rows
-        cannot be deleted before this transaction ends (and the two do not block each other).
+        row locks of that strength on PostgreSQL, in the order of `column` (SQLite writers
+        already hold the database lock): with NO KEY UPDATE a read-modify-write loses no
+        update, with KEY SHARE the rows cannot be deleted before this transaction ends (and the
+        two do not block each other).
 
         `probe` is for lookups by a key an index covers along with `sql`'s own conditions
         (`project_id = {m} AND user_id IN ...`). On PostgreSQL they then run as one index probe
@@ -154,7 +155,8 @@ class Bulk:
         else:
             query = self._in(sql, column, values)
             if lock is not None and self.postgres:
-                query += f" FOR {lock}"
+                # Rows are locked in the order of `column`, as other writers lock them.
+                query += f" ORDER BY {column} FOR {lock}"
             args = (*params, *values)
         cur = self._cursor()
         try:

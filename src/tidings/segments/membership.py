@@ -854,8 +854,7 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
     """Compute a segment's membership in full; a newer version's job supersedes this one."""
     # Writers that evaluated the segment as it was hold it (key share) until they commit: the
     # members read below must include what they write (`_hold_segments`).
-    with db.session(write=True) as session:
-        session.get(Segment, segment_id, with_for_update=True)
+    _again_on_deadlock(segment_id, lambda: _wait_for_writers(db, segment_id))
     now = clock.now()
     with db.session() as session:
         seg = session.get(Segment, segment_id)
@@ -906,6 +905,11 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
     # The last step holds the segment, then the customers it rechecks; a processor deleting
     # one of them holds the customer, then updates the segment's count.
     _again_on_deadlock(segment_id, lambda: _finish(db, pid, segment_id, version))
+
+
+def _wait_for_writers(db: Database, segment_id: int) -> None:
+    with db.session(write=True) as session:
+        session.get(Segment, segment_id, with_for_update=True)
 
 
 def _again_on_deadlock(segment_id: int, step: Callable[[], T]) -> T:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,7 +87,7 @@ class Upkeep:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._pool: ThreadPoolExecutor | None = None
-        self._round: Future[bool] | None = None
+        self._rounds: deque[Future[bool]] = deque()  # started, in order, maybe not done
         # Customers a round had to leave (someone held them): project -> customer -> segment
         # ids, and the queue rows that hold them meanwhile.
         self._carry: dict[int, dict[int, set[int]]] = {}
@@ -95,20 +95,24 @@ class Upkeep:
         self._pending: list[Work] = []
 
     def submit(self, work: list[Work]) -> None:
-        """Evaluate `work` (of a committed chunk) in the next round, which `start` starts."""
+        """Evaluate `work` (of a committed chunk) in the next round, which `start` starts.
+        Called between transactions: it waits here, if it must, for all but the latest
+        round, so memberships lag the processor by a round or two at most."""
+        while len(self._rounds) > 1:
+            self._rounds.popleft().result()
         self._pending.extend(work)
 
     def start(self) -> None:
-        """Start the next round once the round before is done. The processor calls this once
+        """Start the next round after the ones already started. The processor calls this once
         its next chunk holds its customers: the round leaves those to the round after, rather
-        than make the chunk wait for them."""
+        than make the chunk wait for them. It never waits: the chunk's transaction is open, and
+        a round may be waiting for a lock that waits for that transaction."""
         if not self._pending:
             return
-        self._finish_round()
         work, self._pending = self._pending, []
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="tidings-segments")
-        self._round = self._pool.submit(self._run, work)
+        self._rounds.append(self._pool.submit(self._run, work))
 
     def wait(self, *, timeout: float = 5.0) -> None:
         """Until everything submitted is evaluated. Customers held by others are tried again
@@ -133,9 +137,9 @@ class Upkeep:
             self._pool = None
 
     def _finish_round(self) -> None:
-        current, self._round = self._round, None
-        if current is not None:
-            current.result()
+        """Until every round started is done."""
+        while self._rounds:
+            self._rounds.popleft().result()
 
     def _run(self, work: list[Work], rows: Sequence[tuple[int, int, list[int]]] = ()) -> bool:
         """One round: `work`, the customers carried from the round before, and queue rows
