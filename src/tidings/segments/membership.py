@@ -88,9 +88,9 @@ _EARLIER = {
 MEMBERSHIPS = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
 # The key of a member row, and its columns' PostgreSQL types (for set-based deletes).
 _PAIR = ("segment_id", "customer_id")
+_PAIR_TYPES = ("integer", "bigint")
 # A customer row's version on PostgreSQL: the transaction that wrote it (xmin).
 _VERSION = "CAST(CAST(xmin AS text) AS bigint)"
-_PAIR_TYPES = ("integer", "bigint")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,11 @@ its next chunk holds its own customers; the round then takes (locks) the custome
 holds, before it reads anything, as every writer that evaluates a customer does, and leaves the
 others (mostly the next chunk's) to the round after. It evaluates the segments as they are when
 it starts, on the profile the chunk left if the customer's row is still the one the chunk wrote
-(its version, PostgreSQL's xmin) or else as read now, and on events read now. Memberships lag
-the processor by about a chunk, and `wait` catches up.
+(its version, PostgreSQL's xmin) or else as read now, and on events read now. Starting a round
+never waits for the ones before it (the chunk's transaction is open, and a round may be waiting
+for a lock that waits for it): rounds queue behind each other, and `submit`, called between
+transactions, waits for all but the latest. Memberships lag the processor by a chunk or two,
+and `wait` catches up.
 
 Nothing acknowledged is lost: the queue row of a chunk goes in the chunk's transaction and out
 in the transaction of the round that evaluated it (or that queued its skipped customers
@@ -119,7 +122,7 @@ class Upkeep:
         for up to `timeout` seconds; past that (or if a round fails) they stay queued, for a
         later round or for `recover`."""
         self.start()
-        self._finish_round()
+        self._finish_rounds()
         deadline = time.monotonic() + timeout
         pause = 0.005
         while self._carry and time.monotonic() < deadline:
@@ -136,7 +139,7 @@ class Upkeep:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _finish_round(self) -> None:
+    def _finish_rounds(self) -> None:
         """Until every round started is done."""
         while self._rounds:
             self._rounds.popleft().result()
@@ -164,7 +167,7 @@ class Upkeep:
     def recover(self, *, older_than: timedelta = STALE) -> int:
         """Evaluate queue rows no round is working on (left by a crash or a failed round):
         every segment for each of their customers. Returns the rows done."""
-        self._finish_round()
+        self._finish_rounds()
         t = table_of(SegmentUpkeep)
         with self.db.session() as session:
             rows = session.execute(
