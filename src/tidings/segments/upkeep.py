@@ -13,10 +13,10 @@ holds, before it reads anything, as every writer that evaluates a customer does,
 others (mostly the next chunk's) to the round after. It evaluates the segments as they are when
 it starts, on the profile the chunk left if the customer's row is still the one the chunk wrote
 (its version, PostgreSQL's xmin) or else as read now, and on events read now. Starting a round
-never waits for the ones before it (the chunk's transaction is open, and a round may be waiting
-for a lock that waits for it): rounds queue behind each other, and `submit`, called between
-transactions, waits for all but the latest. Memberships lag the processor by a chunk or two,
-and `wait` catches up.
+never waits for the one before it (the chunk's transaction is open, and a round may be waiting
+for a lock that waits for it): while a round runs, the chunks that commit meanwhile wait for
+the next one, which takes them together. Memberships lag the processor by a chunk or two, and
+`wait` catches up.
 
 Nothing acknowledged is lost: the queue row of a chunk goes in the chunk's transaction and out
 in the transaction of the round that evaluated it (or that queued its skipped customers
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -90,7 +90,7 @@ class Upkeep:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._pool: ThreadPoolExecutor | None = None
-        self._rounds: deque[Future[bool]] = deque()  # started, in order, maybe not done
+        self._round: Future[bool] | None = None  # the round started last, maybe not done
         # Customers a round had to leave (someone held them): project -> customer -> segment
         # ids, and the queue rows that hold them meanwhile.
         self._carry: dict[int, dict[int, set[int]]] = {}
@@ -98,31 +98,30 @@ class Upkeep:
         self._pending: list[Work] = []
 
     def submit(self, work: list[Work]) -> None:
-        """Evaluate `work` (of a committed chunk) in the next round, which `start` starts.
-        Called between transactions: it waits here, if it must, for all but the latest
-        round, so memberships lag the processor by a round or two at most."""
-        while len(self._rounds) > 1:
-            self._rounds.popleft().result()
+        """Evaluate `work` (of a committed chunk) in the next round, which `start` starts."""
         self._pending.extend(work)
 
     def start(self) -> None:
-        """Start the next round after the ones already started. The processor calls this once
-        its next chunk holds its customers: the round leaves those to the round after, rather
-        than make the chunk wait for them. It never waits: the chunk's transaction is open, and
-        a round may be waiting for a lock that waits for that transaction."""
-        if not self._pending:
+        """Start a round with the work submitted, unless a round is still running: the work
+        then waits for the next call, and that round takes several chunks at once. The
+        processor calls this once its next chunk holds its customers: the round leaves those to
+        the round after, rather than make the chunk wait for them. It never waits: the chunk's
+        transaction is open, and a round may be waiting for a lock that waits for it."""
+        if not self._pending or (self._round is not None and not self._round.done()):
             return
+        self._finish_round()  # done: this only collects its outcome
         work, self._pending = self._pending, []
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="tidings-segments")
-        self._rounds.append(self._pool.submit(self._run, work))
+        self._round = self._pool.submit(self._run, work)
 
     def wait(self, *, timeout: float = 5.0) -> None:
         """Until everything submitted is evaluated. Customers held by others are tried again
         for up to `timeout` seconds; past that (or if a round fails) they stay queued, for a
         later round or for `recover`."""
+        self._finish_round()
         self.start()
-        self._finish_rounds()
+        self._finish_round()
         deadline = time.monotonic() + timeout
         pause = 0.005
         while self._carry and time.monotonic() < deadline:
@@ -139,10 +138,11 @@ class Upkeep:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _finish_rounds(self) -> None:
-        """Until every round started is done."""
-        while self._rounds:
-            self._rounds.popleft().result()
+    def _finish_round(self) -> None:
+        """Until the round started last is done."""
+        current, self._round = self._round, None
+        if current is not None:
+            current.result()
 
     def _run(self, work: list[Work], rows: Sequence[tuple[int, int, list[int]]] = ()) -> bool:
         """One round: `work`, the customers carried from the round before, and queue rows
@@ -167,7 +167,7 @@ class Upkeep:
     def recover(self, *, older_than: timedelta = STALE) -> int:
         """Evaluate queue rows no round is working on (left by a crash or a failed round):
         every segment for each of their customers. Returns the rows done."""
-        self._finish_rounds()
+        self._finish_round()
         t = table_of(SegmentUpkeep)
         with self.db.session() as session:
             rows = session.execute(
