@@ -1760,3 +1760,36 @@ def test_a_chunk_never_waits_for_a_round_while_it_holds_its_customers(
     assert (seg.status, seg.error) == ("ready", None)
     assert p.members(sid) == {x}  # the segment is now "plan = pro": y and w are on trial
     assert p.queued() == []
+
+
+def test_the_processor_waits_for_a_round_when_too_many_chunks_wait_for_the_next(
+    project: Project, beside: Upkeep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a round runs, committed chunks wait for the next one; past `upkeep.BEHIND` of
+    them, submitting (between two chunks) waits for the running round."""
+    p = project
+    trial = ready(p, "Trial", TRIAL)
+    p.send(identify("x", {"plan": "free"}))
+    go = threading.Event()
+    evaluate = membership.evaluate_pairs
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        go.wait(20)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(membership, "evaluate_pairs", slow)
+    beside.submit(p.apply([identify("x", {"plan": "trial"})], deferred=True))
+    beside.start()  # a round that runs until `go`
+    chunks = [
+        p.apply([identify(f"y{i}", {"plan": "trial"})], deferred=True) for i in range(upkeep.BEHIND)
+    ]
+    submitting = threading.Thread(target=lambda: [beside.submit(w) for w in chunks])
+    submitting.start()
+    submitting.join(1.0)
+    assert submitting.is_alive(), "the processor ran ahead of a round still running"
+    go.set()
+    submitting.join(20)
+    assert not submitting.is_alive()
+    beside.wait()
+    assert len(p.members(trial)) == 1 + upkeep.BEHIND
+    assert p.queued() == []

@@ -15,8 +15,9 @@ it starts, on the profile the chunk left if the customer's row is still the one 
 (its version, PostgreSQL's xmin) or else as read now, and on events read now. Starting a round
 never waits for the one before it (the chunk's transaction is open, and a round may be waiting
 for a lock that waits for it): while a round runs, the chunks that commit meanwhile wait for
-the next one, which takes them together. Memberships lag the processor by a chunk or two, and
-`wait` catches up.
+the next one, which takes them together (past `BEHIND` of them, the processor waits for the
+running round between its transactions). Memberships lag the processor by the chunks committed
+while a round runs, and `wait` catches up.
 
 Nothing acknowledged is lost: the queue row of a chunk goes in the chunk's transaction and out
 in the transaction of the round that evaluated it (or that queued its skipped customers
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 3  # a round that meets a deadlock runs again
 STALE = timedelta(seconds=30)  # a queue row this old belongs to no running round
 RECOVER_BATCH = 100
+BEHIND = 4  # chunks waiting for a round before the processor waits for the running one
 
 
 @dataclass(slots=True)
@@ -96,10 +98,16 @@ class Upkeep:
         self._carry: dict[int, dict[int, set[int]]] = {}
         self._carried: list[int] = []
         self._pending: list[Work] = []
+        self._behind = 0  # chunks submitted since the last round started
 
     def submit(self, work: list[Work]) -> None:
-        """Evaluate `work` (of a committed chunk) in the next round, which `start` starts."""
+        """Evaluate `work` (of a committed chunk) in the next round, which `start` starts.
+        Called between transactions: past `BEHIND` chunks waiting, it waits for the running
+        round, so memberships never fall further behind."""
         self._pending.extend(work)
+        self._behind += 1
+        if self._behind >= BEHIND:
+            self._finish_round()
 
     def start(self) -> None:
         """Start a round with the work submitted, unless a round is still running: the work
@@ -110,7 +118,7 @@ class Upkeep:
         if not self._pending or (self._round is not None and not self._round.done()):
             return
         self._finish_round()  # done: this only collects its outcome
-        work, self._pending = self._pending, []
+        work, self._pending, self._behind = self._pending, [], 0
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="tidings-segments")
         self._round = self._pool.submit(self._run, work)
