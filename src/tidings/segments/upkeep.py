@@ -188,6 +188,8 @@ class Upkeep:
                 .limit(RECOVER_BATCH)
             ).all()
         batch = [(r.id, r.project_id, list(r.customer_ids)) for r in rows]
+        if not batch:
+            return 0
         if self._run([], batch):
             self.wait()
         else:
