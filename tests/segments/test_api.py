@@ -158,6 +158,10 @@ def test_create_read_update_delete(tenant: Tenant) -> None:
     renamed = patch(tenant, sid, name="Pro plan", description="Pro")
     assert (renamed["name"], renamed["description"]) == ("Pro plan", "Pro")
     assert (renamed["status"], renamed["version"], renamed["member_count"]) == ("ready", 1, 1)
+    # A description left out stays; sent as null, it is cleared.
+    assert patch(tenant, sid, name="Pro plan")["description"] == "Pro"
+    assert patch(tenant, sid, description=None)["description"] is None
+    assert patch(tenant, sid, description="Pro")["description"] == "Pro"
     # Nor do the same rules.
     assert patch(tenant, sid, rules=PRO)["version"] == 1
 

@@ -239,6 +239,16 @@ def test_a_changed_definition_is_updated_and_its_dependents_recomputed(
     assert (now["Paid"]["description"], now["Paid"]["version"]) == ("Any plan", 2)
     assert applied(tenant, path) == {"Paid": "unchanged", "Unpaid": "unchanged"}
 
+    # Left out, a description stays as it is; null clears it.
+    del doc["segments"][0]["description"]
+    write_yaml(path, doc)
+    assert applied(tenant, path) == {"Paid": "unchanged", "Unpaid": "unchanged"}
+    assert segments(tenant)["Paid"]["description"] == "Any plan"
+    doc["segments"][0]["description"] = None
+    write_yaml(path, doc)
+    assert applied(tenant, path) == {"Paid": "updated", "Unpaid": "unchanged"}
+    assert segments(tenant)["Paid"]["description"] is None
+
 
 def test_the_project_is_found_by_id_name_or_write_key(tenant: Tenant, tmp_path: Path) -> None:
     path = write_json(tmp_path / "a.json", {"name": "A", "rules": PRO})

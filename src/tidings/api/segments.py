@@ -67,7 +67,8 @@ def update_segment(ctx: Writer, segment_id: int, body: SegmentPatch) -> SegmentO
         project_id=ctx.project_id,
         segment_id=segment_id,
         name=body.name,
-        description=body.description,
+        # Sent as null, it clears the description; left out, it stays.
+        description=body.description if "description" in body.model_fields_set else ...,
         rules=body.rules,
     )
     return service.to_out(

@@ -8,6 +8,7 @@ editing enqueues the full computation (in the caller's transaction); the segment
 from __future__ import annotations
 
 from datetime import timedelta
+from types import EllipsisType
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -286,16 +287,17 @@ def update(
     project_id: int,
     segment_id: int,
     name: str | None = None,
-    description: str | None = None,
+    description: str | EllipsisType | None = ...,
     rules: Any = None,
 ) -> Segment:
     """Rename, describe or redefine; new rules recompute it and every segment built on it. The
     same rules again recompute a segment whose computation failed (and only it: the segments
-    built on it inline its rules, not its members)."""
+    built on it inline its rules, not its members). A `description` of None clears it; leaving
+    it out (`...`) leaves it as it is."""
     seg = get_or_raise(session, project_id=project_id, segment_id=segment_id)
     if name is not None:
         seg.name = _check_name(session, project_id, name, segment_id)
-    if description is not None:
+    if not isinstance(description, EllipsisType):
         seg.description = _check_description(description)
     if rules is not None:
         tree, canonical = _checked(session, project_id, rules, segment_id)
@@ -437,7 +439,7 @@ def apply_definitions(
                 project_id=project_id,
                 segment_id=existing.id,
                 rules=d["rules"],
-                description=d.get("description"),
+                description=d.get("description", ...),  # left out: as it is; null: cleared
             )
             changed = (seg.version, seg.description) != before
             results.append(
