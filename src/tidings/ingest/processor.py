@@ -553,7 +553,8 @@ def _refresh_segments(
     }
     # The chunk's new events: a stored customer's behind its event facets (segments only see
     # an event their conditions count); a customer this chunk created has no history but the
-    # chunk's, so its events are all here.
+    # chunk's, so its events are all here (unless upkeep runs beside the processor, which
+    # reads every customer's events once it holds the customer).
     events: dict[int, list[tuple[Any, EventRow]]] = defaultdict(list)
     for p, raw in batch.rows.events:
         kind = raw["type"]
@@ -565,7 +566,7 @@ def _refresh_segments(
             events[f.id].append(
                 (("event", raw["name"] or "") if kind == "track" else ("page",), row)
             )
-        else:
+        elif deferred is None:
             key = (kind, raw["name"] if kind == "track" else None)
             base[f.id].events.setdefault(key, []).append(row)
     for cid, facts in base.items():
