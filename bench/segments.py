@@ -662,7 +662,7 @@ WRITTEN_TABLES = (
     "ingest_stats",
     "segments",
     "segment_members",
-    "segment_changes",
+    "segment_growth",
     "segment_timers",
     "domain_events",
 )
@@ -1112,7 +1112,7 @@ def refresh_statistics(target: Target) -> None:
     `PRAGMA optimize` on SQLite."""
     with target.db.session(write=True) as s:
         if target.name == "PostgreSQL":
-            for table in ("segment_members", "segment_changes", "segment_timers", "segments"):
+            for table in ("segment_members", "segment_growth", "segment_timers", "segments"):
                 s.execute(text(f"ANALYZE {table}"))
         else:
             s.execute(text("PRAGMA optimize"))

@@ -37,7 +37,7 @@ from tidings.segments import membership, upkeep
 from tidings.segments import service as segments
 from tidings.segments.models import (
     Segment,
-    SegmentChange,
+    SegmentGrowth,
     SegmentMember,
     SegmentRecheck,
     SegmentTimer,
@@ -179,24 +179,31 @@ class Project:
             )
             return dict(rows.all())
 
-    def changes(self, segment_id: int) -> list[tuple[int, str]]:
+    def _segment_events(self, segment_id: int) -> list[Event]:
         with self.db.session() as session:
-            rows = session.execute(
-                select(SegmentChange.customer_id, SegmentChange.change)
-                .where(SegmentChange.segment_id == segment_id)
-                .order_by(SegmentChange.id)
+            rows = session.scalars(
+                select(Event)
+                .where(Event.project_id == self.id, Event.type == "segment")
+                .order_by(Event.id)
             )
-            return [(cid, change) for cid, change in rows]
+            return [e for e in rows if e.properties["segment_id"] == segment_id]
+
+    def changes(self, segment_id: int) -> list[tuple[int, str]]:
+        """The segment's entries and exits on its customers' timelines, oldest first."""
+        return [(e.customer_id, e.properties["change"]) for e in self._segment_events(segment_id)]
 
     def change_times(self, segment_id: int) -> list[datetime]:
+        return [e.timestamp for e in self._segment_events(segment_id)]
+
+    def growth(self, segment_id: int) -> dict[int, tuple[int, int]]:
+        """The segment's growth rows: (entered, exited) by hour."""
         with self.db.session() as session:
-            return list(
-                session.scalars(
-                    select(SegmentChange.at)
-                    .where(SegmentChange.segment_id == segment_id)
-                    .order_by(SegmentChange.id)
+            rows = session.execute(
+                select(SegmentGrowth.hour, SegmentGrowth.entered, SegmentGrowth.exited).where(
+                    SegmentGrowth.segment_id == segment_id
                 )
             )
+            return {hour: (n, x) for hour, n, x in rows}
 
     def domain_events(self) -> list[tuple[str, int | None, dict[str, Any]]]:
         with self.db.session() as session:
@@ -542,28 +549,36 @@ def test_a_full_computation_only_brings_timers_earlier(project: Project) -> None
     assert p.timers() == {x: t0 + 7 * DAY + MS}
 
 
-def test_upkeep_reads_customers_memberships_from_the_index_alone(
-    project: Project, backend: str
-) -> None:
-    """The memberships of a chunk's customers come from the customer index, without a lookup
-    of each row (a seek into the table on SQLite, a heap fetch on PostgreSQL)."""
+def test_memberships_are_read_by_the_members_key(project: Project, backend: str) -> None:
+    """Upkeep reads the memberships of a chunk's (segment, customer) pairs, and `forget` a
+    customer's across the project's segments, by probes of the members' primary key: there is
+    no index by customer to keep up."""
     p = project
     pro = ready(p, "Pro", {"trait": "plan", "op": "eq", "value": "pro"})
-    p.send(identify("x", {"plan": "pro"}))
-    x = p.customer("x")
+    free = ready(p, "Free", {"trait": "plan", "op": "eq", "value": "free"})
+    p.send(identify("x", {"plan": "pro"}), identify("y", {"plan": "free"}))
+    x, y = p.customer("x"), p.customer("y")
+    pairs = [(pro, x), (pro, y), (free, x), (free, y), (free, y)]
     with p.db.session(write=True) as session:
         bulk = Bulk(session)
-        assert bulk.select_in(membership.MEMBERSHIPS, "customer_id", [x]) == [(pro, x)]
-        listed = bulk._in(membership.MEMBERSHIPS, "customer_id", [x, x + 1])
-        statement = listed.replace(bulk.mark, str(x), 1).replace(bulk.mark, str(x + 1), 1)
+        assert membership.members_among(bulk, pairs) == {(pro, x), (free, y)}
+        assert membership.members_among(bulk, []) == set()
+        found = bulk.select_in(membership.PROJECT_MEMBERS, "m.customer_id", [x, y], (p.id,))
+        assert sorted(found) == sorted([(pro, x), (free, y)])
+        assert bulk.select_in(membership.PROJECT_MEMBERS, "m.customer_id", [x], (p.id + 1,)) == []
+        statement, params = membership.members_query(bulk, pairs)
+        forgetting = bulk._in(membership.PROJECT_MEMBERS, "m.customer_id", [x, y])
         if backend == "sqlite":
-            plan = " ".join(r[-1] for r in session.execute(text(f"EXPLAIN QUERY PLAN {statement}")))
-            assert "USING COVERING INDEX ix_segment_members_customer" in plan, plan
+            for sql_text, args in ((statement, params), (forgetting, (p.id, x, y))):
+                rows = bulk.fetch(f"EXPLAIN QUERY PLAN {sql_text}", args)
+                plan = " ".join(r[-1] for r in rows)
+                assert "SEARCH m USING COVERING INDEX sqlite_autoindex_segment_members_1" in plan
+                assert "SCAN m" not in plan, plan
         else:
             session.execute(text("SET LOCAL enable_seqscan = off"))
-            session.execute(text("SET LOCAL enable_bitmapscan = off"))
-            plan = " ".join(r[0] for r in session.execute(text(f"EXPLAIN {statement}")))
-            assert "Index Only Scan using ix_segment_members_customer" in plan, plan
+            for sql_text, args in ((statement, params), (forgetting, (p.id, x, y))):
+                plan = " ".join(r[0] for r in bulk.fetch(f"EXPLAIN {sql_text}", args))
+                assert "Index Only Scan using pk_segment_members" in plan, plan
 
 
 def test_a_full_computation_plans_the_same_timers_as_incremental_upkeep(project: Project) -> None:
@@ -630,7 +645,9 @@ def test_changes_while_computing_are_rechecked(project: Project) -> None:
     seg = p.segment(sid)
     assert (seg.status, seg.member_count) == ("ready", 2)
     assert p.rechecks(sid) == set()
-    assert sorted(p.changes(sid)) == sorted([(late, "entered"), (new, "entered")])
+    # The computation's entries change the members only: no timeline, no growth.
+    assert p.changes(sid) == []
+    assert p.growth(sid) == {}
 
 
 def test_only_changes_a_segment_can_see_evaluate_it(project: Project) -> None:
@@ -819,7 +836,6 @@ def test_customers_gone_during_the_computation_leave_no_rows(
     with p.db.session() as session:
         for table, mine in (
             ("segment_members", "t.segment_id = :s"),
-            ("segment_changes", "t.segment_id = :s"),
             ("segment_timers", "t.project_id = :p"),
         ):
             orphans = session.execute(
@@ -847,9 +863,9 @@ def test_an_edit_recomputes_while_old_members_stay_until_done(project: Project) 
     c = p.customer("c")
     assert p.members(sid) == {b, c}
     assert p.segment(sid).member_count == 2
-    assert sorted(p.changes(sid)) == sorted(
-        [(a, "entered"), (a, "exited"), (b, "entered"), (c, "entered")]
-    )
+    # Entries and exits of computations change the members only: no timeline, no growth.
+    assert p.changes(sid) == []
+    assert p.growth(sid) == {}
 
 
 def test_a_superseded_computation_does_nothing(project: Project) -> None:
@@ -1147,7 +1163,7 @@ def test_a_computation_step_that_deadlocks_runs_again(
 DEPENDENT = {
     "events": ("customer_id", None),
     "segment_members": ("customer_id", "segment_id"),
-    "segment_changes": ("customer_id", "segment_id"),
+    "segment_growth": (None, "segment_id"),
     "segment_timers": ("customer_id", None),
 }
 
@@ -1157,9 +1173,12 @@ def orphans(db: Database) -> dict[str, int]:
     found: dict[str, int] = {}
     with db.session() as session:
         for table, (customer, segment) in DEPENDENT.items():
-            gone = f"NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = t.{customer})"
+            missing = []
+            if customer is not None:
+                missing.append(f"NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = t.{customer})")
             if segment is not None:
-                gone += f" OR NOT EXISTS (SELECT 1 FROM segments s WHERE s.id = t.{segment})"
+                missing.append(f"NOT EXISTS (SELECT 1 FROM segments s WHERE s.id = t.{segment})")
+            gone = " OR ".join(missing)
             n = session.execute(text(f"SELECT count(*) FROM {table} t WHERE {gone}")).scalar_one()
             if n:
                 found[table] = int(n)
@@ -1184,8 +1203,9 @@ def rows_of(db: Database, column: str, value: int) -> dict[str, int]:
 
 
 def test_erased_merged_and_deleted_leave_no_rows(project: Project) -> None:
-    """A customer erased (a delete message, or the API) or merged away takes its events,
-    memberships, history and timer with it; a deleted segment its memberships and history."""
+    """A customer erased (a delete message, or the API) or merged away takes its events (its
+    timeline, segment entries and exits included), memberships and timer with it; a deleted
+    segment its memberships and growth."""
     from tidings.ingest import service as ingestion
 
     p = project
@@ -1206,8 +1226,8 @@ def test_erased_merged_and_deleted_leave_no_rows(project: Project) -> None:
         ).one()
     erased, by_api, known = (p.customer(u) for u in ("erased", "by-api", "known"))
     for cid in (erased, by_api, visitor):
-        # Each has events, two memberships, their history and a timer before it goes.
-        assert set(rows_of(p.db, "customer", cid)) == set(DEPENDENT), cid
+        # Each has events, two memberships and a timer before it goes.
+        assert set(rows_of(p.db, "customer", cid)) == {t for t, k in DEPENDENT.items() if k[0]}
 
     p.send({"type": "delete", "userId": "erased"})
     with p.db.session(write=True) as session:
@@ -1218,7 +1238,7 @@ def test_erased_merged_and_deleted_leave_no_rows(project: Project) -> None:
     assert p.members(pro) == p.members(active) == {known}
     assert p.segment(pro).member_count == p.segment(active).member_count == 1
 
-    assert set(rows_of(p.db, "segment", active)) == {"segment_members", "segment_changes"}
+    assert set(rows_of(p.db, "segment", active)) == {"segment_members", "segment_growth"}
     with p.db.session(write=True) as session:
         segments.delete(session, project_id=p.id, segment_id=active)
     assert rows_of(p.db, "segment", active) == {}

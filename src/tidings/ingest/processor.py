@@ -482,7 +482,7 @@ def _apply_project(
             e.status, e.reason = "failed", f"{type(exc).__name__}: {exc}"
     batch.flush(session)
     membership.forget(
-        session, sorted({*batch.rows.deletes, *(src for src, _ in batch.rows.merges)})
+        session, pid, sorted({*batch.rows.deletes, *(src for src, _ in batch.rows.merges)})
     )
     _refresh_segments(session, pid, batch, fresh, known_before, deferred)
     if batch.rows.deletes:

@@ -87,7 +87,7 @@ def erase_customer(session: Session, *, project_id: int, customer_id: int) -> No
     """Erase a customer everywhere: profile, events, charges, tags, memberships, message log."""
     customers.get_or_raise(session, project_id=project_id, customer_id=customer_id)
     customers.erase(session, project_id=project_id, customer_id=customer_id)
-    membership.forget(session, [customer_id])
+    membership.forget(session, project_id, [customer_id])
     redact_customer(session, project_id=project_id, customer_ids=[customer_id])
 
 

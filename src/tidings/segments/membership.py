@@ -11,8 +11,10 @@
   memberships alone and records the customer in `segment_rechecks`; the last step of the
   computation evaluates them, so no change made during the computation is lost.
 
-Every entry and exit is written with its time to `segment_changes`, to the customer's timeline
-(an event of type "segment") and to the domain events (`segment.entered`, `segment.exited`).
+Every entry and exit goes on the customer's timeline with its time (an event of type
+"segment"), to the domain events (`segment.entered`, `segment.exited`) and into its segment's
+growth (`segment_growth`, by the hour). A full computation's are not something the customer did:
+they change the members only (each with its `entered_at`).
 """
 
 from __future__ import annotations
@@ -74,9 +76,9 @@ WRITE_BATCH = 20_000
 # then removes what they wrote (`drop_segment`).
 HOLD = {"read": True, "key_share": True}
 FINISH_ATTEMPTS = 3
-# A customer's and a segment's rows without foreign keys: `forget` and `drop_segment` remove them.
-CUSTOMER_TABLES = ("segment_members", "segment_changes", "segment_timers")
-SEGMENT_TABLES = ("segment_members", "segment_changes")
+# A segment's rows without foreign keys: `drop_segment` removes them (and `forget` a customer's
+# members and timer).
+SEGMENT_TABLES = ("segment_members", "segment_growth")
 # A timer written where the customer has one keeps the earlier of the two instants.
 _EARLIER = {
     True: "ON CONFLICT (customer_id) DO UPDATE "
@@ -84,8 +86,18 @@ _EARLIER = {
     False: "ON CONFLICT (customer_id) DO UPDATE "
     "SET due_at = MIN(segment_timers.due_at, excluded.due_at)",
 }
-# Customers' memberships (`Bulk.select_in` by customer_id): the customer index answers alone.
-MEMBERSHIPS = "SELECT segment_id, customer_id FROM segment_members WHERE 1 = 1"
+# The project's members among some customers (`Bulk.select_in` by m.customer_id): one probe of
+# the members' key per segment of the project and customer.
+PROJECT_MEMBERS = (
+    "SELECT m.segment_id, m.customer_id FROM segments s "
+    "JOIN segment_members m ON m.segment_id = s.id WHERE s.project_id = {m}"
+)
+# Entries and exits counted into their segment's hour (`SegmentGrowth`).
+_GROW = (
+    "INSERT INTO segment_growth (segment_id, hour, entered, exited) VALUES ({m}, {m}, {m}, {m}) "
+    "ON CONFLICT (segment_id, hour) DO UPDATE SET entered = segment_growth.entered + "
+    "excluded.entered, exited = segment_growth.exited + excluded.exited"
+)
 # The key of a member row, and its columns' PostgreSQL types (for set-based deletes).
 _PAIR = ("segment_id", "customer_id")
 _PAIR_TYPES = ("integer", "bigint")
@@ -518,13 +530,7 @@ def evaluate_pairs(
     # since it was created).
     ids = sorted(cid for cid in facts if cid not in fresh)
     bulk = Bulk(session)
-    current: set[tuple[int, int]] = set()
-    for part in chunks(ids):
-        current.update(
-            (sid, cid)
-            for sid, cid in bulk.select_in(MEMBERSHIPS, "customer_id", part)
-            if sid in used
-        )
+    current = members_among(bulk, [(s.id, cid) for cid in ids for s in pairs[cid]])
     timers: dict[int, datetime] = {}
     if firsts:
         timer_sql = "SELECT customer_id, due_at FROM segment_timers WHERE 1 = 1"
@@ -652,7 +658,8 @@ def _hold_segments(
 def apply_changes(
     session: Session, project_id: int, changes: list[Change], *, now: datetime, source: str
 ) -> None:
-    """Write entries and exits: members, history, timeline events, domain events, counts."""
+    """Write entries and exits: members, counts, and (unless a full computation's) timeline
+    events, domain events and growth."""
     if not changes:
         return
     bulk = Bulk(session)
@@ -662,11 +669,10 @@ def apply_changes(
     bulk.insert("segment_members", ("segment_id", "customer_id", "entered_at"), entered)
     bulk.delete("segment_members", _PAIR, exited, types=_PAIR_TYPES)
     kinds = {True: "entered", False: "exited"}
-    bulk.insert(
-        "segment_changes",
-        ("project_id", "segment_id", "customer_id", "change", "source", "at"),
-        [(project_id, c.segment.id, c.customer_id, kinds[c.entered], source, at) for c in changes],
-    )
+    delta: dict[int, int] = defaultdict(int)
+    for c in changes:
+        delta[c.segment.id] += 1 if c.entered else -1
+    _add_to_counts(bulk, delta)
     if source != "compute":
         # A full computation (a new or edited definition) fills the history only: it is not
         # something the customer did, so it neither writes timelines nor triggers automations.
@@ -713,10 +719,7 @@ def apply_changes(
                 for c in changes
             ],
         )
-    delta: dict[int, int] = defaultdict(int)
-    for c in changes:
-        delta[c.segment.id] += 1 if c.entered else -1
-    _add_to_counts(bulk, delta)
+        _add_to_growth(bulk, hour_of(now), changes)
 
 
 def _add_to_counts(bulk: Bulk, delta: dict[int, int]) -> None:
@@ -726,6 +729,45 @@ def _add_to_counts(bulk: Bulk, delta: dict[int, int]) -> None:
         "UPDATE segments SET member_count = member_count + {m} WHERE id = {m}",
         [(d, sid) for sid, d in sorted(delta.items()) if d],
     )
+
+
+def _add_to_growth(bulk: Bulk, hour: int, changes: list[Change]) -> None:
+    """Count the entries and exits into their segments' hour, in the order of the segments' ids
+    (after their counts: every writer locks a segment's row, then its growth row)."""
+    grown: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for c in changes:
+        grown[c.segment.id][0 if c.entered else 1] += 1
+    bulk.execute_many(_GROW, [(sid, hour, n, x) for sid, (n, x) in sorted(grown.items())])
+
+
+def hour_of(at: datetime) -> int:
+    """The hour of `at` as `SegmentGrowth` counts it: hours since 1970-01-01 UTC."""
+    return int(at.timestamp()) // 3600
+
+
+def members_among(bulk: Bulk, pairs: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The (segment, customer) pairs among `pairs` that are memberships."""
+    found: set[tuple[int, int]] = set()
+    for part in chunks(sorted(set(pairs))):
+        found.update((sid, cid) for sid, cid in bulk.fetch(*members_query(bulk, part)))
+    return found
+
+
+def members_query(bulk: Bulk, pairs: list[tuple[int, int]]) -> tuple[str, tuple[Any, ...]]:
+    """The statement of `members_among` for some pairs: a probe of the members' key per pair."""
+    listed, params = bulk.row_set(_PAIR_TYPES, pairs)
+    if bulk.postgres:  # a probe per pair, whatever the planner estimates of the list
+        sql_text = (
+            f"SELECT m.segment_id, m.customer_id FROM ({listed}) r CROSS JOIN LATERAL "  # noqa: S608
+            "(SELECT segment_id, customer_id FROM segment_members "
+            "WHERE segment_id = r.c0 AND customer_id = r.c1 OFFSET 0) m"
+        )
+    else:  # CROSS JOIN: the list drives the loop
+        sql_text = (
+            f"SELECT m.segment_id, m.customer_id FROM ({listed}) r "  # noqa: S608
+            "CROSS JOIN segment_members m WHERE m.segment_id = r.c0 AND m.customer_id = r.c1"
+        )
+    return sql_text, params
 
 
 def _write_timers(session: Session, project_id: int, set_timers: dict[int, datetime]) -> None:
@@ -742,9 +784,9 @@ def _write_timers(session: Session, project_id: int, set_timers: dict[int, datet
     )
 
 
-def forget(session: Session, customer_ids: list[int]) -> None:
+def forget(session: Session, project_id: int, customer_ids: list[int]) -> None:
     """After customers are deleted (erased or merged away): their memberships leave the counts,
-    and their members, history and timers rows go (those tables have no foreign keys).
+    and their members and timers rows go (those tables have no foreign keys).
 
     Called after the customers' rows are deleted: on PostgreSQL that deletion waits for any
     writer holding one of them (`evaluate_pairs` locks the customers it writes for), so what
@@ -753,17 +795,19 @@ def forget(session: Session, customer_ids: list[int]) -> None:
         return
     bulk = Bulk(session)
     delta: dict[int, int] = defaultdict(int)
+    gone: list[tuple[int, int]] = []
     for part in chunks(customer_ids):
-        for sid, _ in bulk.select_in(MEMBERSHIPS, "customer_id", part):
+        for sid, cid in bulk.select_in(PROJECT_MEMBERS, "m.customer_id", part, (project_id,)):
             delta[sid] -= 1
+            gone.append((sid, cid))
     _add_to_counts(bulk, delta)
-    for table in CUSTOMER_TABLES:
-        for part in chunks(customer_ids):
-            bulk.execute_in(f"DELETE FROM {table} WHERE 1 = 1", "customer_id", part)  # noqa: S608
+    bulk.delete("segment_members", _PAIR, gone, types=_PAIR_TYPES)
+    for part in chunks(customer_ids):
+        bulk.execute_in("DELETE FROM segment_timers WHERE 1 = 1", "customer_id", part)
 
 
 def drop_segment(session: Session, segment_id: int) -> None:
-    """After a segment is deleted: its members and history rows go (no foreign keys; on
+    """After a segment is deleted: its members and growth rows go (no foreign keys; on
     PostgreSQL the deletion waited for any writer holding the segment, as in `forget`)."""
     for table in SEGMENT_TABLES:
         session.execute(
@@ -969,8 +1013,8 @@ def mark_failed(db: Database, *, segment_id: int, version: int, error: str) -> N
 def _enter(
     session: Session, project_id: int, segment_id: int, ids: list[int], now: datetime
 ) -> None:
-    """A full computation's entries: members and their history, for the customers among `ids`
-    that still exist (what `apply_changes` writes for a computation, in two statements)."""
+    """A full computation's entries, for the customers among `ids` that still exist (what
+    `apply_changes` writes for a computation, in one statement)."""
     if not ids:
         return
     bulk = Bulk(session)
@@ -983,11 +1027,6 @@ def _enter(
         "INSERT INTO segment_members (segment_id, customer_id, entered_at) "
         f"SELECT {{m}}, c.id, {{m}} {customers}",
         (segment_id, at, project_id, param),
-    )
-    bulk.execute(
-        "INSERT INTO segment_changes (project_id, segment_id, customer_id, change, source, at) "
-        f"SELECT {{m}}, {{m}}, c.id, 'entered', 'compute', {{m}} {customers}",
-        (project_id, segment_id, at, project_id, param),
     )
 
 

@@ -1,4 +1,4 @@
-"""Segment tables: definitions, current members, the history of entries and exits, the
+"""Segment tables: definitions, current members, entries and exits counted by the hour, the
 instant at which time alone may next change a customer's memberships, and customers to recheck
 after a full computation."""
 
@@ -40,40 +40,41 @@ class Segment(Base):
     computed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-# Members, changes and timers take rows with every processed message that changes a membership:
-# they have no foreign keys (a per-row check costs more than the write on PostgreSQL). Their rows
-# go with their customer in `membership.forget`, members and changes with their segment in
+# Members and timers take rows with every processed message that changes a membership: they
+# have no foreign keys (a per-row check costs more than the write on PostgreSQL). Their rows go
+# with their customer in `membership.forget`, members and growth with their segment in
 # `service.delete` (a customer's timer outlives a segment harmlessly: it falls due, nothing
 # changes), and writers lock the customers and segments they write for (see
 # `membership.evaluate_pairs`).
 
 
 class SegmentMember(Base):
+    """A customer in a segment, since when.
+
+    One index only, by segment: a customer's memberships are read by (segment, customer) pairs,
+    or across the project's segments. An index by customer would take a write to a page of its
+    own for every entry and exit, while the customer's other rows are being written anyway."""
+
     __tablename__ = "segment_members"
-    # A customer's memberships, from the index alone (segment upkeep reads them by customer).
-    __table_args__ = (Index("ix_segment_members_customer", "customer_id", "segment_id"),)
 
     segment_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     customer_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
     entered_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class SegmentChange(Base):
-    """An entry or exit, kept for the segment's history and growth."""
+class SegmentGrowth(Base):
+    """A segment's entries and exits in one hour (`hour`: hours since 1970-01-01 UTC), as
+    customers change and time passes; full computations are not growth.
 
-    __tablename__ = "segment_changes"
-    __table_args__ = (
-        Index("ix_segment_changes_segment_at", "segment_id", "at"),
-        Index("ix_segment_changes_customer", "customer_id"),
-    )
+    Each entry and exit is on the customer's timeline (an event of type "segment"): this is its
+    count, one row per segment and hour whatever the traffic."""
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    project_id: Mapped[int] = mapped_column(Integer)
-    segment_id: Mapped[int] = mapped_column(Integer)
-    customer_id: Mapped[int] = mapped_column(BigId)
-    change: Mapped[str] = mapped_column(String(8))  # entered | exited
-    source: Mapped[str] = mapped_column(String(10))  # event | edit | time | compute
-    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __tablename__ = "segment_growth"
+
+    segment_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hour: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    entered: Mapped[int] = mapped_column(Integer, default=0)
+    exited: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class SegmentTimer(Base):
@@ -123,7 +124,7 @@ class SegmentUpkeep(Base):
 
 __all__ = [
     "Segment",
-    "SegmentChange",
+    "SegmentGrowth",
     "SegmentMember",
     "SegmentRecheck",
     "SegmentTimer",

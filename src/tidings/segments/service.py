@@ -7,7 +7,6 @@ editing enqueues the full computation (in the caller's transaction); the segment
 
 from __future__ import annotations
 
-from datetime import timedelta
 from types import EllipsisType
 from typing import Any
 
@@ -24,8 +23,14 @@ from tidings.errors import BadRequest, Conflict, NotFound
 from tidings.segments import compile as sql
 from tidings.segments.evaluate import explain as explain_tree
 from tidings.segments.evaluate import holds
-from tidings.segments.membership import drop_segment, load_facts, parsed_trees, resolved_trees
-from tidings.segments.models import Segment, SegmentChange, SegmentMember
+from tidings.segments.membership import (
+    drop_segment,
+    hour_of,
+    load_facts,
+    parsed_trees,
+    resolved_trees,
+)
+from tidings.segments.models import Segment, SegmentGrowth, SegmentMember
 from tidings.segments.rules import InvalidDefinition, Node, parse, referenced_segments, resolve
 from tidings.segments.schemas import (
     ApplyResult,
@@ -81,18 +86,23 @@ def to_out(seg: Segment, growth: dict[tuple[int, str], int] | None = None) -> Se
 def growth(
     session: Session, *, project_id: int, segment_id: int | None = None, days: int = 7
 ) -> dict[tuple[int, str], int]:
-    """Entries and exits per segment (or of one) over the last `days` days (full computations
-    aside)."""
-    since = clock.now() - timedelta(days=days)
-    query = select(SegmentChange.segment_id, SegmentChange.change, func.count()).where(
-        SegmentChange.project_id == project_id,
-        SegmentChange.at >= since,
-        SegmentChange.source != "compute",
-    )
+    """Entries and exits per segment (or of one) over the last `days` days, counted by the
+    hour: since the start of the hour `days` days ago (full computations aside)."""
+    since = hour_of(clock.now()) - 24 * days
+    g = SegmentGrowth
+    mine = select(Segment.id).where(Segment.project_id == project_id)
     if segment_id is not None:
-        query = query.where(SegmentChange.segment_id == segment_id)
-    rows = session.execute(query.group_by(SegmentChange.segment_id, SegmentChange.change))
-    return {(sid, change): n for sid, change, n in rows}
+        mine = mine.where(Segment.id == segment_id)
+    rows = session.execute(
+        select(g.segment_id, func.sum(g.entered), func.sum(g.exited))
+        .where(g.segment_id.in_(mine), g.hour >= since)
+        .group_by(g.segment_id)
+    )
+    out: dict[tuple[int, str], int] = {}
+    for sid, entered, exited in rows:
+        out[(sid, "entered")] = int(entered)
+        out[(sid, "exited")] = int(exited)
+    return out
 
 
 def list_segments(session: Session, *, project_id: int) -> list[SegmentOut]:
