@@ -231,3 +231,40 @@ def test_segment_timers_become_one_per_customer_and_back(db: Database) -> None:
         (8, "1", "2030-02-01"),
         (8, "2", "2030-02-01"),
     }
+
+
+def test_segment_changes_become_hourly_growth(db: Database) -> None:
+    """0013 counts the log's entries and exits per segment and hour (a full computation's
+    left out), then drops the log; going back brings an empty log."""
+    migrations.upgrade(db, "0012")
+    with db.engine.begin() as conn:
+        rows = [
+            (1, 7, "entered", "event", "2026-11-24 09:00:00.000000"),
+            (1, 8, "entered", "time", "2026-11-24 09:59:59.999999"),
+            (1, 7, "exited", "edit", "2026-11-24 09:30:00.000000"),
+            (1, 9, "entered", "event", "2026-11-24 10:00:00.000000"),
+            (1, 10, "entered", "compute", "2026-11-24 09:10:00.000000"),
+            (2, 7, "exited", "event", "2026-11-23 23:15:00.000000"),
+            (3, 7, "entered", "compute", "2026-11-23 23:15:00.000000"),
+        ]
+        for sid, cid, change, source, at in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO segment_changes (project_id, segment_id, customer_id, change, "
+                    "source, at) VALUES (1, :s, :c, :k, :src, :at)"
+                ),
+                {"s": sid, "c": cid, "k": change, "src": source, "at": at},
+            )
+    migrations.upgrade(db)
+    hour = 1_795_510_800 // 3600  # 2026-11-24 09:00 UTC
+    with db.engine.connect() as conn:
+        rows = conn.execute(text("SELECT segment_id, hour, entered, exited FROM segment_growth"))
+        got = {tuple(r) for r in rows}
+    assert got == {(1, hour, 2, 1), (1, hour + 1, 1, 0), (2, hour - 10, 0, 1)}
+    assert "segment_changes" not in inspect(db.engine).get_table_names()
+    assert "ix_segment_members_customer" not in indexes(db.engine)
+    migrations.downgrade(db, "0012")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM segment_changes")).scalar_one() == 0
+    assert "segment_growth" not in inspect(db.engine).get_table_names()
+    assert "ix_segment_members_customer" in indexes(db.engine)

@@ -628,6 +628,41 @@ def test_a_full_computation_plans_the_same_timers_as_incremental_upkeep(project:
 # -- computing ----------------------------------------------------------------------------------
 
 
+def test_growth_counts_entries_and_exits_by_the_hour(project: Project) -> None:
+    """A segment's growth counts its entries and exits (not a computation's) into the hour
+    they happen in, and covers the hours since the start of the hour seven days ago."""
+    p = project
+    # Five minutes into an hour: the test's first messages fall in the same one.
+    clock.advance(timedelta(seconds=3600 + 300 - clock.now().timestamp() % 3600))
+    p.send(identify("early", {"plan": "pro"}))
+    sid = ready(p, "Pro", {"trait": "plan", "op": "eq", "value": "pro"})
+    assert p.growth(sid) == {}  # the computation's entry is not growth
+    a, b = "a", "b"
+    p.send(identify(a, {"plan": "pro"}))
+    p.send(identify(b, {"plan": "pro"}), identify(a, {"plan": "free"}))
+    hour = membership.hour_of(clock.now())
+    assert p.growth(sid) == {hour: (2, 1)}
+
+    def growth() -> dict[tuple[int, str], int]:
+        with p.db.session() as session:
+            return segments.growth(session, project_id=p.id)
+
+    assert growth() == {(sid, "entered"): 2, (sid, "exited"): 1}
+    clock.advance(timedelta(hours=1))
+    p.send(identify("c", {"plan": "pro"}))
+    assert p.growth(sid) == {hour: (2, 1), hour + 1: (1, 0)}
+    assert growth() == {(sid, "entered"): 3, (sid, "exited"): 1}
+    clock.advance(7 * DAY - timedelta(hours=1))  # the hour seven days later: all counted
+    assert membership.hour_of(clock.now()) == hour + 7 * 24
+    assert growth() == {(sid, "entered"): 3, (sid, "exited"): 1}
+    clock.advance(timedelta(hours=1))
+    assert growth() == {(sid, "entered"): 1, (sid, "exited"): 0}
+    with p.db.session() as session:
+        assert segments.growth(session, project_id=p.id, segment_id=sid, days=1) == {}
+        other = projects.create(session, name="other").id
+        assert segments.growth(session, project_id=other) == {}
+
+
 def test_changes_while_computing_are_rechecked(project: Project) -> None:
     p = project
     p.send(identify("early", {"plan": "pro"}), identify("late", {"plan": "free"}))

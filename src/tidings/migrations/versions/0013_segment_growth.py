@@ -29,7 +29,7 @@ depends_on = None
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # The hour (hours since 1970-01-01 UTC) of a stored instant, on each database.
 _HOUR = {
-    "sqlite": "CAST(strftime('%s', at) AS INTEGER) / 3600",
+    "sqlite": "CAST(strftime('%s', substr(at, 1, 19)) AS INTEGER) / 3600",  # whole seconds
     "postgresql": "CAST(floor(extract(epoch FROM at) / 3600) AS integer)",
 }
 
