@@ -674,8 +674,9 @@ def apply_changes(
         delta[c.segment.id] += 1 if c.entered else -1
     _add_to_counts(bulk, delta)
     if source != "compute":
-        # A full computation (a new or edited definition) fills the history only: it is not
-        # something the customer did, so it neither writes timelines nor triggers automations.
+        # A full computation (a new or edited definition) changes the members only: it is not
+        # something the customer did, so it neither writes timelines, nor triggers automations,
+        # nor counts as growth.
         bulk.insert(
             "events",
             (
