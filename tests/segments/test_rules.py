@@ -15,7 +15,7 @@ import pytest
 from tidings.segments import evaluate, rules
 
 # `test_value` is used as evaluate.test_value: imported bare, pytest would collect it.
-from tidings.segments.evaluate import MISSING, Facts, iso, lookup
+from tidings.segments.evaluate import MISSING, EventRow, Facts, iso, lookup
 from tidings.segments.rules import (
     MAX_CONDITIONS,
     MAX_DAYS,
@@ -600,6 +600,49 @@ def test_values_compare_by_kind() -> None:
     assert holds({"op": "ne", "value": 1}, True)
     assert holds({"op": "not_in", "value": [1, "a"]}, True)
     assert not holds({"op": "not_in", "value": [1, "a"]}, "a")
+
+
+def test_conditions_on_true_and_on_1_are_different_conditions() -> None:
+    """True == 1 in Python, but not in a condition: two that differ only there are not equal,
+    so nothing keyed by conditions (summaries, the guards of a tree's timers) mixes them up."""
+    pairs = [
+        ({"trait": "vip", "op": "eq", "value": True}, {"trait": "vip", "op": "eq", "value": 1}),
+        (
+            {"trait": "vip", "op": "in", "value": ["a", False]},
+            {"trait": "vip", "op": "in", "value": ["a", 0]},
+        ),
+        (
+            {
+                "event": "X",
+                "op": "performed",
+                "where": [{"property": "p", "op": "eq", "value": True}],
+            },
+            {"event": "X", "op": "performed", "where": [{"property": "p", "op": "eq", "value": 1}]},
+        ),
+    ]
+    for a, b in pairs:
+        assert rules.parse(a) != rules.parse(b)
+        assert len({rules.parse(a): "a", rules.parse(b): "b"}) == 2
+    assert rules.parse(pairs[0][1]) == rules.parse({"trait": "vip", "op": "eq", "value": 1.0})
+
+    def timed(value: Any) -> Node:
+        return rules.parse(
+            {
+                "all": [
+                    {"trait": "vip", "op": "eq", "value": value},
+                    {"event": "Signed In", "op": "performed", "within_days": 7},
+                ]
+            }
+        )
+
+    signed_in = EventRow(NOW - timedelta(days=1), "Signed In", {}, {})
+    facts = Facts(id=1, traits={"vip": 1}, events={("track", "Signed In"): [signed_in]})
+    # The guard (vip is true) fails for this customer: no timer; on 1 it holds.
+    assert evaluate.next_change(timed(True), facts, NOW) is None
+    assert (
+        evaluate.next_change(timed(1), facts, NOW)
+        == signed_in.timestamp + timedelta(days=7) + evaluate.EPSILON
+    )
 
 
 def test_numbers_compare_only_with_numbers() -> None:

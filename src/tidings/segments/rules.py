@@ -60,6 +60,16 @@ class ValueTest:
 
     op: str
     value: Any = None
+    # Which values are booleans: True == 1 in Python, but not here (`evaluate._same`), so tests
+    # that differ only there must not be equal (nor share a cache entry, a summary, ...).
+    _flags: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        v = self.value
+        flags = (
+            tuple(isinstance(x, bool) for x in v) if isinstance(v, tuple) else isinstance(v, bool)
+        )
+        object.__setattr__(self, "_flags", flags)
 
     @property
     def relative(self) -> bool:
