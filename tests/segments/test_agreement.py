@@ -45,7 +45,7 @@ from tidings.customers.traits import normalize_traits
 from tidings.db import Database
 from tidings.ingest.processor import Entry, apply_entries
 from tidings.segments import compile as compiled
-from tidings.segments import evaluate, membership, rules
+from tidings.segments import evaluate, membership, program, rules
 from tidings.segments.evaluate import EPSILON, EventRow, Facts, iso
 from tidings.segments.rules import (
     COUNT_KEYS,
@@ -705,6 +705,24 @@ def incremental_facts(
     )
 
 
+def assert_compiled_agrees(node: Node, facts: Facts, now: datetime) -> None:
+    """The tree's compiled closures answer as the reference evaluator, and so does each of its
+    event conditions' test of one event."""
+    compiled_tree = program.program(node)
+    for name, fast, reference in (
+        ("holds", compiled_tree.holds, evaluate.holds),
+        ("settled", compiled_tree.settled, evaluate.settled),
+        ("next_change", compiled_tree.next_change, evaluate.next_change),
+    ):
+        got, expected = fast(facts, now), reference(node, facts, now)  # type: ignore[operator]
+        assert got == expected, f"{name} at {iso(now)}: {got} != {expected}\n{node!r}\n{facts!r}"
+    for c in rules.walk(node):
+        if isinstance(c, EventCond):
+            for row in facts.events.get(evaluate.event_key(c), ()):
+                got, expected = program.counts(c)(row, now), evaluate.counts(c, row, now)
+                assert got == expected, f"counts at {iso(now)}: {got}\n{c!r}\n{row!r}"
+
+
 def check_agreement(
     db: Database,
     pid: int,
@@ -746,6 +764,8 @@ def check_agreement(
             for node in subtrees(tree):
                 for cid in ids:
                     seen[family(node), evaluate.holds(node, facts[cid], now)] += 1
+                    assert_compiled_agrees(node, facts[cid], now)
+                    assert_compiled_agrees(node, summarized[cid], now)
         # Single conditions, with facts for all of them at once (windows merged per event).
         facts = membership.load_facts(session, pid, ids, leaves, now=now)
         summarized = incremental_facts(session, pid, ids, leaves, now)
@@ -756,6 +776,8 @@ def check_agreement(
             assert incremental == py, f"{definition}: the database's summaries"
             for cid in ids:
                 seen[family(leaf), cid in py] += 1
+                assert_compiled_agrees(leaf, facts[cid], now)
+                assert_compiled_agrees(leaf, summarized[cid], now)
 
 
 FAMILIES: tuple[str, ...] = ("TraitCond", "event", "first_performed", "last_performed")
@@ -923,6 +945,9 @@ def test_membership_changes_only_when_next_change_says(db: Database) -> None:
                 timers[evaluate.next_change(part, facts[cid], world.now) is not None] += 1
                 missed = first_unplanned_change(part, facts[cid], world.now)
                 assert missed is None, f"{part!r}: customer {cid} {missed}\n  {facts[cid]!r}"
+                # Where time turns answers, the compiled closures turn them at the same instants.
+                for t in checkpoints(facts[cid], world.now, None)[::7]:
+                    assert_compiled_agrees(part, facts[cid], t)
 
     sound()
     assert timers[True], timers

@@ -42,16 +42,13 @@ from tidings.segments.evaluate import (
     EPSILON,
     EventRow,
     Facts,
-    counts,
     date_boundaries,
     event_key,
-    holds,
     instant_boundaries,
-    next_change,
-    settled,
     settles,
 )
 from tidings.segments.models import Segment, SegmentRecheck, SegmentTimer
+from tidings.segments.program import Program, counts, program
 from tidings.segments.rules import (
     EventCond,
     Facet,
@@ -117,6 +114,7 @@ class LiveSegment:
     events: tuple[EventCond, ...]  # its event conditions, each once
     profile_facets: frozenset[Facet]  # its facets other than events and pages
     settles: bool  # whether the profile alone can decide it (`evaluate.settles`)
+    program: Program  # its tree, compiled
 
 
 def event_conditions(tree: Node) -> tuple[EventCond, ...]:
@@ -187,6 +185,7 @@ def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
             event_conditions(trees[r.id]),
             frozenset(f for f in facets(trees[r.id]) if f[0] not in ("event", "page")),
             settles(trees[r.id]),
+            program(trees[r.id]),
         )
         for r in rows
         if r.id in trees and r.status != "failed"
@@ -444,9 +443,10 @@ def _counted(
         hit = seen.get(c)
         if hit is None:
             rows = new.get(event_facet(c), ())
-            hit = seen[c] = any(counts(c, row, now) for row in rows)
+            counted = counts(c)
+            hit = seen[c] = any(counted(row, now) for row in rows)
         if hit:
-            return profile is None or not s.settles or settled(s.tree, profile, now) is None
+            return profile is None or not s.settles or s.program.settled(profile, now) is None
     return False
 
 
@@ -517,9 +517,9 @@ def evaluate_pairs(
             if s.status == "computing":
                 rechecks.append({"segment_id": s.id, "customer_id": cid})
                 continue
-            verdicts.append((s, cid, holds(s.tree, f, now)))
+            verdicts.append((s, cid, s.program.holds(f, now)))
             if s.timed:
-                due = next_change(s.tree, f, now)
+                due = s.program.next_change(f, now)
                 if due is not None and (first is None or due < first):
                     first = due
         # A segment still computing is left out of `first`: its recheck brings the timer
