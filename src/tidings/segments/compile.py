@@ -471,6 +471,16 @@ def count_and_sample(
     return total, list(ids)
 
 
+def summary_ends(c: EventCond) -> tuple[bool, bool]:
+    """Whether the condition looks at its first and at its last matching event (`evaluate`):
+    the first for first_performed and for a window of days (its oldest event leaves the
+    window first), the last for last_performed."""
+    return (
+        c.op == "first_performed" or (c.recency is None and c.window.days is not None),
+        c.op == "last_performed",
+    )
+
+
 def event_summaries(
     session: Session,
     *,
@@ -485,9 +495,14 @@ def event_summaries(
     new data touches makes a segment (and so its conditions) wanted, so each condition is
     wanted by a few of the chunk's customers, and its statement reads just their events of
     its type and name (in its window), mostly from the timeline index alone.
+
+    The first and last events are read only where the condition looks at them
+    (`summary_ends`); the others stay None.
     """
     bulk = Bulk(session)
     for c, ids in wanted.items():
+        first, last = summary_ends(c)
+        ends = ("MIN(e.timestamp)" if first else "NULL", "MAX(e.timestamp)" if last else "NULL")
         q = builder(session, project_id, now)
         # The ids are one parameter (`Bulk.id_set`): the statement's text is the same from
         # chunk to chunk.
@@ -498,12 +513,12 @@ def event_summaries(
             # The customers are the project's (their facts were read with its id), and so
             # are their events: without a project test the index answers for the event alone.
             statement = (
-                "SELECT e.customer_id, COUNT(*), MIN(e.timestamp), MAX(e.timestamp) "
+                f"SELECT e.customer_id, COUNT(*), {ends[0]}, {ends[1]} "
                 f"FROM events e WHERE e.customer_id IN ({listed.format(m=param)}) AND {match} "
                 "GROUP BY e.customer_id"
             )
-            for cid, count, first, last in fetch(session, q, statement):
-                yield c, cid, Summary(count, bulk.read_dt(first), bulk.read_dt(last))
+            for cid, count, oldest, newest in fetch(session, q, statement):
+                yield c, cid, Summary(count, bulk.read_dt(oldest), bulk.read_dt(newest))
 
 
 GUARD_CHUNK = 5000  # customers per statement testing guards

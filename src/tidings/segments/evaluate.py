@@ -300,7 +300,8 @@ def _in_window(c: EventCond, ts: datetime, now: datetime) -> bool:
 @dataclass(frozen=True, slots=True)
 class Summary:
     """A condition's matching events for one customer: how many (in the window), the first
-    and last (of all of them when the condition is about recency, else in the window)."""
+    and last (of all of them when the condition is about recency, else in the window). The
+    database's leave out those the condition does not look at (`compile.event_summaries`)."""
 
     count: int
     first: datetime | None

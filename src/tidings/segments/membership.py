@@ -48,7 +48,7 @@ from tidings.segments.evaluate import (
     settles,
 )
 from tidings.segments.models import Segment, SegmentRecheck, SegmentTimer
-from tidings.segments.program import Program, counts, program
+from tidings.segments.program import Counts, Program, counts, program
 from tidings.segments.rules import (
     EventCond,
     Facet,
@@ -76,13 +76,12 @@ FINISH_ATTEMPTS = 3
 # A segment's rows without foreign keys: `drop_segment` removes them (and `forget` a customer's
 # members and timer).
 SEGMENT_TABLES = ("segment_members", "segment_growth")
-# A timer written where the customer has one keeps the earlier of the two instants.
-_EARLIER = {
-    True: "ON CONFLICT (customer_id) DO UPDATE "
-    "SET due_at = LEAST(segment_timers.due_at, excluded.due_at)",
-    False: "ON CONFLICT (customer_id) DO UPDATE "
-    "SET due_at = MIN(segment_timers.due_at, excluded.due_at)",
-}
+# A timer written where the customer has one keeps the earlier of the two instants: a later
+# one leaves the row as it is (nothing written).
+_EARLIER = (
+    "ON CONFLICT (customer_id) DO UPDATE SET due_at = excluded.due_at "
+    "WHERE excluded.due_at < segment_timers.due_at"
+)
 # The project's members among some customers (`Bulk.select_in` by m.customer_id): one probe of
 # the members' key per segment of the project and customer.
 PROJECT_MEMBERS = (
@@ -111,7 +110,9 @@ class LiveSegment:
     tree: Node
     facets: frozenset[Facet]
     timed: bool
-    events: tuple[EventCond, ...]  # its event conditions, each once
+    # Its event conditions, each once, with the facet of their events and their test of one
+    # (`program.counts`).
+    events: tuple[tuple[EventCond, Facet, Counts], ...]
     profile_facets: frozenset[Facet]  # its facets other than events and pages
     settles: bool  # whether the profile alone can decide it (`evaluate.settles`)
     program: Program  # its tree, compiled
@@ -182,7 +183,7 @@ def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
             trees[r.id],
             facets(trees[r.id]),
             is_timed(trees[r.id]),
-            event_conditions(trees[r.id]),
+            tuple((c, event_facet(c), counts(c)) for c in event_conditions(trees[r.id])),
             frozenset(f for f in facets(trees[r.id]) if f[0] not in ("event", "page")),
             settles(trees[r.id]),
             program(trees[r.id]),
@@ -439,12 +440,15 @@ def _counted(
     `seen` remembers, for this customer, whether a condition counts one of the new events."""
     if not s.profile_facets.isdisjoint(touched):
         return True
-    for c in s.events:
+    for c, facet, counted in s.events:
         hit = seen.get(c)
         if hit is None:
-            rows = new.get(event_facet(c), ())
-            counted = counts(c)
-            hit = seen[c] = any(counted(row, now) for row in rows)
+            hit = False
+            for row in new.get(facet, ()):
+                if counted(row, now):
+                    hit = True
+                    break
+            seen[c] = hit
         if hit:
             return profile is None or not s.settles or s.program.settled(profile, now) is None
     return False
@@ -531,22 +535,11 @@ def evaluate_pairs(
     ids = sorted(cid for cid in facts if cid not in fresh)
     bulk = Bulk(session)
     current = members_among(bulk, [(s.id, cid) for cid in ids for s in pairs[cid]])
-    timers: dict[int, datetime] = {}
-    if firsts:
-        timer_sql = "SELECT customer_id, due_at FROM segment_timers WHERE 1 = 1"
-        for part in chunks(ids):
-            for cid, due in bulk.select_in(timer_sql, "customer_id", part):
-                timers[cid] = bulk.read_dt(due)  # type: ignore[assignment]
     changes = [
         Change(s, cid, inside) for s, cid, inside in verdicts if inside != ((s.id, cid) in current)
     ]
-    set_timers = {
-        cid: first
-        for cid, first in firsts.items()
-        if (old := timers.get(cid)) is None or first < old
-    }
     apply_changes(session, project_id, changes, now=now, source=source)
-    _write_timers(session, project_id, set_timers)
+    _write_timers(session, project_id, firsts)
     if rechecks:
         from tidings.db.upsert import upsert
 
@@ -780,7 +773,7 @@ def _write_timers(session: Session, project_id: int, set_timers: dict[int, datet
     listed, params = bulk.row_set(("bigint", "timestamp"), rows)
     bulk.execute(
         "INSERT INTO segment_timers (customer_id, project_id, due_at) "  # noqa: S608
-        f"SELECT r.c0, {{m}}, r.c1 FROM ({listed}) r WHERE true {_EARLIER[bulk.postgres]}",
+        f"SELECT r.c0, {{m}}, r.c1 FROM ({listed}) r WHERE true {_EARLIER}",
         (project_id, *params),
     )
 
@@ -1079,7 +1072,7 @@ def _merge_part(
             f"SELECT c.id, {{m}}, r.c1 FROM ({listed}) r "
             "JOIN customers c ON c.project_id = {m} AND c.id = r.c0 WHERE true ORDER BY c.id"
             + (" FOR KEY SHARE OF c " if bulk.postgres else " ")
-            + _EARLIER[bulk.postgres],
+            + _EARLIER,
             (project_id, *params, project_id),
         )
     return True

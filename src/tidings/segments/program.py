@@ -461,8 +461,19 @@ def counts(c: EventCond) -> Counts:
     elif c.recency is None and window.start is not None and window.end is not None:
         start, end = window.start, window.end
         tests.append(lambda row, now: start <= row.timestamp <= end)
+    if not tests:
+        return lambda row, now: True
+    if len(tests) == 1:
+        return tests[0]
     checks = tuple(tests)
-    return lambda row, now: all(check(row, now) for check in checks)
+
+    def every(row: EventRow, now: datetime) -> bool:
+        for check in checks:  # noqa: SIM110 (as in `_holds`)
+            if not check(row, now):
+                return False
+        return True
+
+    return every
 
 
 def _property_test(path: tuple[str, ...], test: ValueTest) -> Counts:
