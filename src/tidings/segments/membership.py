@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, TypeVar
 
 import orjson
@@ -118,8 +118,9 @@ class LiveSegment:
     program: Program  # its tree, compiled
 
 
+@lru_cache(maxsize=4096)
 def event_conditions(tree: Node) -> tuple[EventCond, ...]:
-    """The tree's event conditions, each once, in order."""
+    """The tree's event conditions, each once, in order (worked out once per tree)."""
     return tuple(dict.fromkeys(c for c in walk(tree) if isinstance(c, EventCond)))
 
 

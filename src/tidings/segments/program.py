@@ -28,7 +28,7 @@ from tidings.segments.evaluate import (
     EventRow,
     Facts,
     Summary,
-    date_boundaries,
+    first_instant,
     instant_boundaries,
     is_date_text,
     iso,
@@ -99,6 +99,33 @@ def _text_of(now: datetime) -> str:
 @lru_cache(maxsize=256)
 def _text_shifted(now: datetime, days: int) -> str:
     return iso(now + timedelta(days=days))
+
+
+@lru_cache(maxsize=65536)
+def _instants(v: str) -> tuple[datetime | None, datetime | None]:
+    """The first instants whose text is >= v and > v (`evaluate.first_instant`)."""
+    return first_instant(v, strict=False), first_instant(v, strict=True)
+
+
+def _date_points(test: ValueTest) -> Callable[[Any, datetime], list[datetime]]:
+    """`evaluate.date_boundaries` for one test."""
+    if not test.relative:
+        return lambda v, now: []
+    op, days = test.op, timedelta(days=test.value)
+
+    def points(v: Any, now: datetime) -> list[datetime]:
+        if not is_date_text(v):
+            return []
+        ge, gt = _instants(v)
+        if op == "within_last_days":  # iso(now - N) <= v <= iso(now)
+            found = [ge, gt + days if gt else None]
+        elif op == "more_than_days_ago":  # v < iso(now - N)
+            found = [gt + days if gt else None]
+        else:  # within_next_days: iso(now) <= v <= iso(now + N)
+            found = [ge - days if ge else None, gt]
+        return [p for p in found if p is not None and p > now]
+
+    return points
 
 
 def _number(v: Any) -> bool:
@@ -331,13 +358,14 @@ def _settled(node: Node) -> Settled:
 
         return flip
     if isinstance(node, TraitCond):
-        get, test, holds = _getter(node.path), node.test, _value_test(node.test)
-        if not test.relative:
+        get, holds = _getter(node.path), _value_test(node.test)
+        if not node.test.relative:
             return lambda f, now: holds(get(f.traits), now)
+        points = _date_points(node.test)
 
         def trait(f: Facts, now: datetime) -> bool | None:
             v = get(f.traits)
-            return None if date_boundaries(test, v, now) else holds(v, now)
+            return None if points(v, now) else holds(v, now)
 
         return trait
     if isinstance(node, RevenueCond):
@@ -398,13 +426,11 @@ def _next_change(node: Node) -> Callable[[Facts, datetime], datetime | None]:
 
 def _boundaries(c: Node) -> Points:
     if isinstance(c, TraitCond):
-        get, test = _getter(c.path), c.test
-        return lambda f, now: date_boundaries(test, get(f.traits), now)
+        get, points = _getter(c.path), _date_points(c.test)
+        return lambda f, now: points(get(f.traits), now)
     if isinstance(c, GroupTraitCond):
-        get, test = _getter(c.path), c.test
-        return lambda f, now: [
-            p for _, traits in f.groups for p in date_boundaries(test, get(traits), now)
-        ]
+        get, points = _getter(c.path), _date_points(c.test)
+        return lambda f, now: [p for _, traits in f.groups for p in points(get(traits), now)]
     if isinstance(c, RevenueCond) and c.metric == "last_charge":
         test = c.test
         return lambda f, now: instant_boundaries(test, f.last_charge_at, now)
