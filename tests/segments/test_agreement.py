@@ -977,6 +977,73 @@ def both_ways(db: Database, pid: int, definition: Definition, now: datetime) -> 
     return sql, {cid for cid in ids if evaluate.holds(tree, facts[cid], now)}
 
 
+def test_conditions_on_one_event_are_summarized_each_over_its_own_events(db: Database) -> None:
+    """Conditions on one event share a statement: each summary still counts only the events
+    of its own window and filters, whatever the other conditions' windows, and a customer
+    gets the summaries of the conditions it wants only."""
+    days = [0.5, 4, 9, 40, 400]
+    messages: list[Message] = [
+        {
+            "type": kind,
+            "userId": uid,
+            **({"event": "Signed In"} if kind == "track" else {"name": "Docs"}),
+            "properties": {"plan": "pro" if d < 5 else "free", "path": f"/docs/{d}"},
+            "timestamp": (NOON - timedelta(days=d)).isoformat(),
+        }
+        for uid in ("u0", "u1")
+        for d in days
+        for kind in ("track", "page")
+    ]
+    pid = load(db, World(NOON, messages, {}))
+    conditions = [
+        {"event": "Signed In", "op": "performed", "within_days": 7},
+        {"event": "Signed In", "op": "performed", "count": {"gte": 2}, "within_days": 30},
+        {"event": "Signed In", "op": "performed", "count": {"gte": 1}},
+        {"event": "Signed In", "op": "first_performed", "within_days": 500},
+        {"event": "Signed In", "op": "last_performed", "more_than_days_ago": 1},
+        {"event": "Signed In", "op": "not_performed", "between": ["2024-06-01", "2024-06-12"]},
+        {
+            "event": "Signed In",
+            "op": "performed",
+            "within_days": 60,
+            "where": [{"property": "plan", "op": "eq", "value": "free"}],
+        },
+        {"page": "name", "op": "eq", "value": "Docs", "within_days": 5},
+        {"page": "path", "op": "starts_with", "value": "/docs/4", "within_days": 10},
+        {"page": "path", "op": "contains", "value": "docs", "within_days": 100},
+    ]
+    trees = [rules.parse(c) for c in conditions]
+    with db.session() as session:
+        u0, u1 = customer_ids(session, pid)
+        facts = membership.load_facts(session, pid, [u0, u1], trees, now=NOON)
+        # u1 wants every other condition only.
+        per_customer = {u0: trees, u1: trees[::2]}
+        summarized = membership.load_facts(
+            session, pid, [u0, u1], trees, now=NOON, per_customer=per_customer
+        )
+    for cid in (u0, u1):
+        for definition, tree in zip(conditions, trees, strict=True):
+            assert isinstance(tree, EventCond)
+            got = summarized[cid].summaries.get(tree)
+            if tree not in per_customer[cid]:
+                assert got is None, f"customer {cid} does not want {definition}"
+                continue
+            expected = evaluate.summarize(tree, facts[cid], NOON)
+            first, last = compiled.summary_ends(tree)
+            expected = evaluate.Summary(
+                expected.count,
+                expected.first if first else None,
+                expected.last if last else None,
+            )
+            assert (got or evaluate.NO_EVENTS) == expected, definition
+            assert evaluate.holds(tree, summarized[cid], NOON) == evaluate.holds(
+                tree, facts[cid], NOON
+            )
+    # Not vacuous: windows of 7, 30 and 60 days count different events.
+    counts = [evaluate.summarize(t, facts[u0], NOON).count for t in trees[:3]]
+    assert len(set(counts)) == 3, counts
+
+
 @pytest.mark.parametrize("op", ["eq", "exists"])
 def test_a_numeric_path_part_does_not_index_into_an_array(db: Database, op: str) -> None:
     """`interests.0` names a key "0", which an array does not have (evaluate.lookup).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -489,36 +490,85 @@ def event_summaries(
     now: datetime,
 ) -> Iterator[tuple[EventCond, int, Summary]]:
     """(condition, customer_id, summary) of each wanted condition's matching events (all of
-    them for a recency condition, else those in its window), for customers with any.
+    them for a recency condition, else those in its window), for the customers that want it
+    and have any.
 
-    One statement per condition, for the customers that want it: only an event a customer's
-    new data touches makes a segment (and so its conditions) wanted, so each condition is
-    wanted by a few of the chunk's customers, and its statement reads just their events of
-    its type and name (in its window), mostly from the timeline index alone.
+    Only an event a customer's new data touches makes a segment (and so its conditions)
+    wanted, so each condition is wanted by a few of the chunk's customers. The conditions on
+    one event (a name, or page views) make one statement, which reads those customers' events
+    of that name (in the widest of their windows) once and aggregates each condition over the
+    events it counts, mostly from the timeline index alone: conditions that look into the
+    events' properties (which only the table holds) make a statement of their own.
 
     The first and last events are read only where the condition looks at them
     (`summary_ends`); the others stay None.
     """
     bulk = Bulk(session)
-    for c, ids in wanted.items():
-        first, last = summary_ends(c)
-        ends = ("MIN(e.timestamp)" if first else "NULL", "MAX(e.timestamp)" if last else "NULL")
+    groups: dict[tuple[str, str | None, bool], list[EventCond]] = defaultdict(list)
+    for c in wanted:
+        groups[(c.type, c.name, c.page_test is not None or bool(c.where))].append(c)
+    for conds in groups.values():
         q = builder(session, project_id, now)
         # The ids are one parameter (`Bulk.id_set`): the statement's text is the same from
         # chunk to chunk.
         param = q.bind(None)
-        match = event_match(q, c, window=c.recency is None)
-        for part in chunks(sorted(ids)):
+        columns, match = _summary_columns(q, conds)
+        wants = [set(wanted[c]) for c in conds]
+        for part in chunks(sorted(set().union(*wants))):
             listed, q.params[param[1:]] = bulk.id_set(part)
             # The customers are the project's (their facts were read with its id), and so
             # are their events: without a project test the index answers for the event alone.
             statement = (
-                f"SELECT e.customer_id, COUNT(*), {ends[0]}, {ends[1]} "
-                f"FROM events e WHERE e.customer_id IN ({listed.format(m=param)}) AND {match} "
+                f"SELECT e.customer_id, {columns} FROM events e "
+                f"WHERE e.customer_id IN ({listed.format(m=param)}) AND {match} "
                 "GROUP BY e.customer_id"
             )
-            for cid, count, oldest, newest in fetch(session, q, statement):
-                yield c, cid, Summary(count, bulk.read_dt(oldest), bulk.read_dt(newest))
+            for row in fetch(session, q, statement):
+                cid = row[0]
+                for i, c in enumerate(conds):
+                    count, oldest, newest = row[1 + 3 * i : 4 + 3 * i]
+                    if count and cid in wants[i]:
+                        yield c, cid, Summary(count, bulk.read_dt(oldest), bulk.read_dt(newest))
+
+
+def _summary_columns(q: Sql, conds: list[EventCond]) -> tuple[str, str]:
+    """The count, first and last of each condition (conditions on one event), and the test
+    of the events any of them counts."""
+
+    def ends(c: EventCond, where: str) -> list[str]:
+        first, last = summary_ends(c)
+        return [
+            f"COUNT(*){where}",
+            f"MIN(e.timestamp){where}" if first else "NULL",
+            f"MAX(e.timestamp){where}" if last else "NULL",
+        ]
+
+    if len(conds) == 1:
+        c = conds[0]
+        return ", ".join(ends(c, "")), event_match(q, c, window=c.recency is None)
+    columns = [
+        part
+        for c in conds
+        for part in ends(c, f" FILTER (WHERE {event_match(q, c, window=c.recency is None)})")
+    ]
+    shared = [f"e.type = '{conds[0].type}'"]
+    if conds[0].name is not None:
+        shared.append(f"e.name = {q.bind(conds[0].name)}")
+    starts = [_window_start(q, c) for c in conds]
+    if None not in starts:
+        shared.append(f"e.timestamp >= {q.dt(min(s for s in starts if s is not None))}")
+    return ", ".join(columns), " AND ".join(shared)
+
+
+def _window_start(q: Sql, c: EventCond) -> datetime | None:
+    """The oldest instant of the events a condition counts, None for no bound."""
+    if c.recency is not None:
+        return None
+    if c.window.days is not None:
+        return q.now - timedelta(days=c.window.days)
+    if c.window.start is not None and c.window.end is not None:
+        return c.window.start
+    return None
 
 
 GUARD_CHUNK = 5000  # customers per statement testing guards
