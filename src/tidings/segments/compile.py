@@ -496,17 +496,18 @@ def event_summaries(
     Only an event a customer's new data touches makes a segment (and so its conditions)
     wanted, so each condition is wanted by a few of the chunk's customers. The conditions on
     one event (a name, or page views) make one statement, which reads those customers' events
-    of that name (in the widest of their windows) once and aggregates each condition over the
-    events it counts, mostly from the timeline index alone: conditions that look into the
-    events' properties (which only the table holds) make a statement of their own.
+    of that name (in the widest of their windows) from the timeline index alone, once, and
+    aggregates each condition over the events it counts. A condition that looks into the
+    events' properties (which only the table holds, as JSON to parse) makes a statement of its
+    own, which reads just its window.
 
     The first and last events are read only where the condition looks at them
     (`summary_ends`); the others stay None.
     """
     bulk = Bulk(session)
-    groups: dict[tuple[str, str | None, bool], list[EventCond]] = defaultdict(list)
+    groups: dict[tuple[str, str | None] | EventCond, list[EventCond]] = defaultdict(list)
     for c in wanted:
-        groups[(c.type, c.name, c.page_test is not None or bool(c.where))].append(c)
+        groups[c if c.page_test is not None or c.where else (c.type, c.name)].append(c)
     for conds in groups.values():
         q = builder(session, project_id, now)
         # The ids are one parameter (`Bulk.id_set`): the statement's text is the same from
