@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache, partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from psycopg.errors import DeadlockDetected
@@ -158,15 +158,30 @@ def resolved_trees(rows: list[tuple[int, int, dict[str, Any]]]) -> dict[int, Nod
 _live_cache: dict[tuple[Any, ...], list[LiveSegment]] = {}
 
 
+class _Version(NamedTuple):
+    """What `live_segments` knows a segment's version by."""
+
+    id: int
+    name: str
+    version: int
+    status: str
+    updated_at: Any  # as the driver returns it: only compared
+
+
 def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
     """The project's segments that are kept current (all but failed ones)."""
     t = table_of(Segment)
-    rows = session.execute(
-        select(t.c.id, t.c.name, t.c.version, t.c.status, t.c.updated_at).where(
-            t.c.project_id == project_id
+    # Read on the driver's cursor, as stored (after the session's pending changes, as a query
+    # through it would): asked once per chunk and per upkeep round, mostly from the cache.
+    session.flush()
+    rows = [
+        _Version(*r)
+        for r in Bulk(session).fetch(
+            "SELECT id, name, version, status, updated_at FROM segments WHERE project_id = {m}",
+            (project_id,),
         )
-    ).all()
-    key = (project_id, *sorted((r.id, r.name, r.version, r.status, r.updated_at) for r in rows))
+    ]
+    key = (project_id, *sorted(rows))
     cached = _live_cache.get(key)
     if cached is not None:
         return cached
