@@ -685,7 +685,13 @@ def apply_changes(
     if source != "compute":
         # A full computation (a new or edited definition) changes the members only: it is not
         # something the customer did, so it neither writes timelines, nor triggers automations,
-        # nor counts as growth.
+        # nor counts as growth. A timeline entry's properties are its segment's and kind's.
+        context = bulk.json({"source": source})
+        properties: dict[tuple[int, bool], Any] = {}
+        for c in changes:
+            key = (c.segment.id, c.entered)
+            if key not in properties:
+                properties[key] = bulk.json({"segment_id": key[0], "change": kinds[key[1]]})
         bulk.insert(
             "events",
             (
@@ -704,8 +710,8 @@ def apply_changes(
                     c.customer_id,
                     "segment",
                     c.segment.name[:255],
-                    bulk.json({"segment_id": c.segment.id, "change": kinds[c.entered]}),
-                    bulk.json({"source": source}),
+                    properties[c.segment.id, c.entered],
+                    context,
                     at,
                     at,
                 )
