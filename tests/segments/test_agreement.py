@@ -977,6 +977,40 @@ def both_ways(db: Database, pid: int, definition: Definition, now: datetime) -> 
     return sql, {cid for cid in ids if evaluate.holds(tree, facts[cid], now)}
 
 
+@pytest.mark.parametrize(
+    ("count", "leaves"),
+    [({"gte": 1}, 1), ({"gt": 0}, 1), ({"gte": 2}, 5), ({"gte": 1, "lte": 3}, 5)],
+)
+def test_a_window_asking_for_any_event_flips_when_the_newest_leaves(
+    db: Database, count: dict[str, int], leaves: int
+) -> None:
+    """Signed in 1 and 5 days ago: "signed in this week" stays true until the newest sign-in
+    leaves the window, so that is its timer; a count asking for two (or at most three) can
+    change when the oldest leaves (a count with an upper bound keeps that earlier instant).
+    Incremental upkeep and a full computation agree."""
+    messages: list[Message] = [
+        {
+            "type": "track",
+            "userId": "u0",
+            "event": "Signed In",
+            "timestamp": (NOON - timedelta(days=d)).isoformat(),
+        }
+        for d in (1, 5)
+    ]
+    pid = load(db, World(NOON, messages, {}))
+    definition = {"event": "Signed In", "op": "performed", "count": count, "within_days": 7}
+    tree = rules.parse(definition)
+    due = NOON - timedelta(days=leaves) + timedelta(days=7) + EPSILON
+    with db.session() as session:
+        (cid,) = customer_ids(session, pid)
+        facts = membership.load_facts(session, pid, [cid], [tree], now=NOON)
+        summarized = incremental_facts(session, pid, [cid], [tree], NOON)
+        plan = membership.timer_plan(session, project_id=pid, rules=tree, now=NOON)
+    assert evaluate.next_change(tree, facts[cid], NOON) == due
+    assert program.program(tree).next_change(summarized[cid], NOON) == due
+    assert plan == {cid: due}
+
+
 def test_conditions_on_one_event_are_summarized_each_over_its_own_events(db: Database) -> None:
     """Conditions on one event share a statement: each summary still counts only the events
     of its own window and filters, whatever the other conditions' windows, and a customer

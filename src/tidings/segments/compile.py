@@ -475,10 +475,13 @@ def count_and_sample(
 def summary_ends(c: EventCond) -> tuple[bool, bool]:
     """Whether the condition looks at its first and at its last matching event (`evaluate`):
     the first for first_performed and for a window of days (its oldest event leaves the
-    window first), the last for last_performed."""
+    window first), the last for last_performed and for a window of days asking for any event
+    (only the newest's leaving changes the answer)."""
+    windowed = c.recency is None and c.window.days is not None
+    newest = windowed and c.count.means_any()
     return (
-        c.op == "first_performed" or (c.recency is None and c.window.days is not None),
-        c.op == "last_performed",
+        c.op == "first_performed" or (windowed and not newest),
+        c.op == "last_performed" or newest,
     )
 
 
@@ -589,8 +592,8 @@ def boundary_rows(
     customers whose guards hold (`rules.timed_conditions`), as `evaluate.next_change` reads it.
 
     kind says how the value turns into instants: "text" (an ISO string, via the value test),
-    "instant" (a datetime, via the value test), "window" (the oldest event in the window) or
-    "recency" (the first or last matching event).
+    "instant" (a datetime, via the value test), "window" (the oldest event in the window; the
+    newest for a count asking for any) or "recency" (the first or last matching event).
     """
     bulk = Bulk(session)
     checked: dict[tuple[Guard, ...], dict[int, bool]] = {}
@@ -670,8 +673,9 @@ def boundary_rows(
             floor = c.count.flip_floor()
             if floor is None:
                 continue
+            agg = "MAX" if c.count.means_any() else "MIN"
             sql = (
-                "SELECT e.customer_id, MIN(e.timestamp) FROM events e "
+                f"SELECT e.customer_id, {agg}(e.timestamp) FROM events e "
                 f"WHERE {event_filters(q, c)} {group_by_customer(q)} HAVING COUNT(*) >= {floor}"
             )
             rows = [(cid, bulk.read_dt(at)) for cid, at in guarded(run(session, q, sql), guards)]

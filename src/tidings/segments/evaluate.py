@@ -357,10 +357,12 @@ def _event_boundaries(c: EventCond, facts: Facts, now: datetime) -> list[datetim
         point = at + timedelta(days=c.recency[1]) + EPSILON
         return [point] if point > now else []
     floor = c.count.flip_floor()
-    if c.window.days is None or s.first is None or floor is None or s.count < floor:
+    if c.window.days is None or floor is None or s.count < floor:
         return []
-    # The oldest event in the window leaves it first.
-    return [s.first + timedelta(days=c.window.days) + EPSILON]
+    # The oldest event in the window leaves it first; asking for any, only the newest's
+    # leaving changes the answer.
+    at = s.last if c.count.means_any() else s.first
+    return [] if at is None else [at + timedelta(days=c.window.days) + EPSILON]
 
 
 # -- the tree ---------------------------------------------------------------------------------

@@ -458,12 +458,14 @@ def _event_boundaries(c: EventCond) -> Points:
     if c.window.days is None or floor is None:
         return lambda f, now: []
     leaves = timedelta(days=c.window.days) + EPSILON
+    newest = c.count.means_any()  # else the oldest event in the window leaves it first
 
     def window(f: Facts, now: datetime) -> list[datetime]:
         s = _summary(c, f, now)
-        if s.first is None or s.count < floor:
+        at = s.last if newest else s.first
+        if at is None or s.count < floor:
             return []
-        return [s.first + leaves]  # the oldest event in the window leaves it first
+        return [at + leaves]
 
     return window
 

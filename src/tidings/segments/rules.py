@@ -107,6 +107,11 @@ class Count:
                 return False
         return True
 
+    def means_any(self) -> bool:
+        """Whether the bound asks for one event or more (lower bounds that one meets): the
+        answer then changes with time only when the last event leaves the window."""
+        return all(key in ("gte", "gt") for key, _ in self.bounds) and self.flip_floor() == 1
+
     def flip_floor(self) -> int | None:
         """The least count whose answer a lower count would change, None when none would.
 
