@@ -1,11 +1,12 @@
 """Rule trees compiled to Python closures: what incremental upkeep evaluates.
 
 `evaluate` holds the reference semantics, written to be read: each call walks the tree and
-dispatches on every node's type and operator. Upkeep evaluates tens of thousands of (customer,
-segment) pairs a second, so a segment's tree is compiled once, to closures that do only what its
-own conditions need: `Program.holds`, `Program.settled` and `Program.next_change` answer exactly
-as `evaluate.holds`, `evaluate.settled` and `evaluate.next_change`, and `counts` as
-`evaluate.counts` (a property-based test compares them on random trees and customers).
+dispatches on every node's type and operator. Upkeep evaluates thousands of (customer, segment)
+pairs a chunk, so a segment's tree is compiled once, to closures that do only what its own
+conditions need: `Program.holds`, `Program.settled` and `Program.next_change` answer exactly as
+`evaluate.holds`, `evaluate.settled` and `evaluate.next_change`, and `counts` as
+`evaluate.counts` (a table of every operator on every kind of value, and the property-based
+tests on random trees and customers, compare them).
 
 Nothing here decides anything `evaluate` does not: an operator without a faster form here calls
 the reference function itself. What depends only on "now" (the text of now minus N days) is
