@@ -15,11 +15,10 @@ from sqlalchemy.orm import Session
 
 from tidings import clock, jobs
 from tidings.db import Database
-from tidings.db.engine import is_postgres
 from tidings.ingest import processor
 from tidings.ingest import service as ingestion
 from tidings.messaging import delivery
-from tidings.segments import membership, upkeep
+from tidings.segments import helper, membership
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +90,8 @@ class Worker:
         self.stop_event = threading.Event()
         self._last_jobs = 0.0
         self.reader = processor.InboxReader(db, limit=db.settings.processor_chunk)
-        # PostgreSQL: chunks' segment upkeep runs beside the processor (see segments.upkeep).
-        self.upkeep = upkeep.Upkeep(db) if is_postgres(db.engine) else None
+        # Chunks' segment upkeep runs beside the processor (segments.upkeep, segments.helper).
+        self.upkeep = helper.upkeep_for(db)
 
     def run_once(self) -> int:
         """One round: a chunk of the inbox if this worker holds the lease, then due jobs."""
