@@ -30,12 +30,9 @@ PostgreSQL, copied from that file with COPY (same rows; then ANALYZE, as autovac
    the medians. Each run has a stream of its own (another seed: the same shares, other customers
    and events), so no run replays messages whose effects an earlier run (or the computation
    of the segments) has already seen. The process settles its heap first, as the worker does
-   (`worker.runner.settle_heap`). The processor runs segment upkeep as the worker does
-   (`segments.helper.upkeep_for`, TIDINGS_SEGMENT_UPKEEP): beside it, in a thread on
-   PostgreSQL and in a helper process on SQLite, started before the runs; a run ends when its
-   upkeep is done. `upkeep` is the time spent in `membership.evaluate_pairs` (facts:
-   `load_facts`, writes: `apply_changes`) in this process: the PostgreSQL thread's, or the
-   processor's when upkeep runs inline; a helper process's is not counted.
+   (`worker.runner.settle_heap`). `upkeep` is the time spent in `membership.evaluate_pairs`
+   (facts: `load_facts`, writes: `apply_changes`): inside the processor's transaction on
+   SQLite, beside it on PostgreSQL (`segments.upkeep`; a run ends when its upkeep is done).
    On SQLite each timed run starts from a checkpointed database and ends with a checkpoint,
    so it pays for writing its own pages back, whether or not an automatic checkpoint falls
    inside it; on PostgreSQL each starts
@@ -89,8 +86,7 @@ from tidings.ingest import processor
 from tidings.ingest.inbox import ensure_inbox_schema
 from tidings.ingest.models import InboxItem
 from tidings.segments import compile as segment_sql
-from tidings.segments import helper, membership, service
-from tidings.segments.upkeep import Runner
+from tidings.segments import membership, service
 from tidings.worker.runner import settle_heap
 
 TARGET_SECONDS = 10.0
@@ -537,7 +533,6 @@ class Target:
     customers: int = 0
     pool: list[int] = field(default_factory=list)  # recently seen customers (ingestion)
     notes: list[str] = field(default_factory=list)
-    upkeep: Runner | None = None  # the processor's segment upkeep, as the worker's
 
 
 def sqlite_target(
@@ -951,11 +946,7 @@ def ingest_run(target: Target, label: str, messages: int, seed: int) -> Ingested
     chunk = target.db.settings.processor_chunk
     stream.run = f"{run}w"
     fill_inbox(target, stream.bodies(id_iter, 2 * chunk))
-    if target.upkeep is None:
-        target.upkeep = helper.upkeep_for(target.db)
-    processor.drain(target.db, chunk_size=chunk, segment_upkeep=target.upkeep)  # warm-up
-    if target.upkeep is not None:
-        target.upkeep.wait()
+    processor.drain(target.db, chunk_size=chunk)  # warm-up, untimed
     stream.run = run
     bodies = stream.bodies(id_iter, messages)
     fill_inbox(target, bodies)
@@ -963,9 +954,7 @@ def ingest_run(target: Target, label: str, messages: int, seed: int) -> Ingested
     vacuum(target.db)
     PROBE.reset()
     t0 = time.perf_counter()
-    handled = processor.drain(target.db, chunk_size=chunk, segment_upkeep=target.upkeep)
-    if target.upkeep is not None:
-        target.upkeep.wait()
+    handled = processor.drain(target.db, chunk_size=chunk)
     # The run pays for writing its own pages back to the database file (SQLite) or cleaning up
     # its dead rows (PostgreSQL), and for nothing else: the next run starts from a quiet
     # database, not in the middle of an automatic checkpoint or autovacuum of this one's work.
@@ -986,10 +975,7 @@ def ingest_run(target: Target, label: str, messages: int, seed: int) -> Ingested
         t0 + seconds - t1,
     )
     postgres = target.db.engine.dialect.name == "postgresql"
-    if target.upkeep is None:
-        beside = ""
-    else:
-        beside = " beside the processor" if postgres else " (a helper process's is not timed)"
+    beside = " beside the processor" if postgres else ""
     print(
         f"  {label:<34} {result.rate:>7,.0f} msg/s  ({handled:,} messages in {seconds:.1f} s; "
         f"in upkeep {result.refresh:.2f} s{beside}: facts {result.facts:.2f} s, writes "
@@ -1200,8 +1186,6 @@ def main() -> None:
             try:
                 run_target(target, args, families=fam, ingest=ing)
             finally:
-                if target.upkeep is not None:
-                    target.upkeep.close()
                 target.cleanup()
     finally:
         if args.keep:

@@ -42,15 +42,6 @@ class Settings(BaseSettings):
         ),
     )
     processor_chunk: int = Field(default=2000, ge=1, le=20000)
-    segment_upkeep: Literal["beside", "inline"] = Field(
-        default="beside",
-        description=(
-            "Where the worker evaluates the segments a chunk of messages may have changed: "
-            "`beside` the processor, once the chunk commits (a thread on PostgreSQL; a helper "
-            "process on SQLite, on another core), or `inline`, inside the chunk's transaction "
-            "(no helper process)."
-        ),
-    )
     processor_idle_seconds: float = Field(default=0.05, gt=0)
     accepted_log_retention_hours: int = Field(
         default=72, ge=24, description="How long accepted messages stay in the message log."

@@ -9,9 +9,7 @@ and PostgreSQL when TIDINGS_TEST_POSTGRES_URL is set), jobs and timers run throu
 from __future__ import annotations
 
 import copy
-import os
 import random
-import signal
 import threading
 import time
 import uuid
@@ -37,7 +35,6 @@ from tidings.jobs.models import DomainEvent, Job
 from tidings.segments import compile as compiled
 from tidings.segments import membership, upkeep
 from tidings.segments import service as segments
-from tidings.segments.helper import UpkeepProcess
 from tidings.segments.models import (
     Segment,
     SegmentGrowth,
@@ -1415,29 +1412,21 @@ def test_a_deletion_waits_for_a_writer_holding_what_it_deletes(
     assert p.timers() == ({} if goes == "customer" else {x: t0 + 6 * DAY + MS})
 
 
-# -- upkeep beside the processor ------------------------------------------------------------
+# -- upkeep beside the processor (PostgreSQL) -------------------------------------------------
 
-LOCKS_ONLY = "SQLite writers hold the whole database: no one holds one customer"
+BESIDE_ONLY = "SQLite evaluates inside the processor's transaction: nothing runs beside it"
 TRIAL = {"trait": "plan", "op": "eq", "value": "trial"}
 
 
 @pytest.fixture
-def rounds(db: Database) -> Iterator[Upkeep]:
-    """Upkeep rounds beside the processor, on a thread (on SQLite, each round judges in a
-    snapshot and writes under the lock)."""
+def beside(backend: str, db: Database) -> Iterator[Upkeep]:
+    if backend != "postgres":
+        pytest.skip(BESIDE_ONLY)
     with db.session(write=True) as session:
         session.execute(delete(SegmentUpkeep))  # what an earlier test left is not this one's
     runner = Upkeep(db)
     yield runner
     runner.close()
-
-
-@pytest.fixture
-def beside(backend: str, rounds: Upkeep) -> Upkeep:
-    """`rounds`, where other writers hold customers and segments (PostgreSQL's locks)."""
-    if backend != "postgres":
-        pytest.skip(LOCKS_ONLY)
-    return rounds
 
 
 @contextmanager
@@ -1451,7 +1440,7 @@ def holding(p: Project, customer_id: int) -> Iterator[Session]:
 
 
 def test_upkeep_beside_the_processor_gives_what_upkeep_inside_it_gives(
-    project: Project, rounds: Upkeep
+    project: Project, beside: Upkeep
 ) -> None:
     """The same messages, evaluated after each chunk commits: a stored customer, a customer
     the chunk creates (evaluated on the chunk's own events), a trait change; counts, timers
@@ -1470,10 +1459,10 @@ def test_upkeep_beside_the_processor_gives_what_upkeep_inside_it_gives(
         track("a", "Signed In"),
         identify("c", {"plan": "trial"}),
         track("c", "Signed In"),
-        beside=rounds,
+        beside=beside,
     )
-    p.send(track("a", "Signed In"), identify("b", {"plan": "trial"}), beside=rounds)
-    rounds.wait()
+    p.send(track("a", "Signed In"), identify("b", {"plan": "trial"}), beside=beside)
+    beside.wait()
     c = p.customer("c")
     assert p.members(trial) == {a, b, c}
     assert p.members(active) == {a, c}
@@ -1531,7 +1520,7 @@ def test_upkeep_drops_a_customer_deleted_while_someone_held_it(
 
 
 def test_a_failed_round_leaves_its_customers_queued_for_recovery(
-    project: Project, rounds: Upkeep, monkeypatch: pytest.MonkeyPatch
+    project: Project, beside: Upkeep, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = project
     trial = ready(p, "Trial", TRIAL)
@@ -1542,19 +1531,19 @@ def test_a_failed_round_leaves_its_customers_queued_for_recovery(
         raise RuntimeError("the database went away")
 
     with monkeypatch.context() as m:
-        m.setattr(membership, "judge", broken)
-        p.send(identify("x", {"plan": "trial"}), beside=rounds)
-        rounds.wait()
+        m.setattr(membership, "evaluate_pairs", broken)
+        p.send(identify("x", {"plan": "trial"}), beside=beside)
+        beside.wait()
     assert p.members(trial) == set()
     assert p.queued() == [[x]]
     with p.db.session() as session:
         assert upkeep.pending(session).get(p.id) == 1  # as /metrics reports it
-    ran: list[Any] = []
-    run = rounds._run
-    monkeypatch.setattr(rounds, "_run", lambda *a: ran.append(a) or run(*a))
-    assert rounds.recover() == 0  # a round may still be working on a row this new
-    assert ran == []  # and none runs for nothing
-    assert rounds.recover(older_than=timedelta(0)) == 1
+    rounds: list[Any] = []
+    run = beside._run
+    monkeypatch.setattr(beside, "_run", lambda *a: rounds.append(a) or run(*a))
+    assert beside.recover() == 0  # a round may still be working on a row this new
+    assert rounds == []  # and none runs for nothing
+    assert beside.recover(older_than=timedelta(0)) == 1
     assert p.members(trial) == {x}
     assert p.changes(trial) == [(x, "entered")]
     assert p.queued() == []
@@ -1570,7 +1559,7 @@ def api_traits(p: Project, customer_id: int, traits: dict[str, Any]) -> None:
 
 
 def test_a_round_evaluates_the_profile_as_it_is_when_the_next_chunk_changed_it(
-    project: Project, rounds: Upkeep
+    project: Project, beside: Upkeep
 ) -> None:
     """Chunk 1 gives x a trial plan, chunk 2 a pro plan, and both commit before chunk 1's
     round: the round sees that x's row is no longer the one chunk 1 left and reads it again,
@@ -1580,17 +1569,17 @@ def test_a_round_evaluates_the_profile_as_it_is_when_the_next_chunk_changed_it(
     p.send(identify("x", {"plan": "free"}))
     first = p.apply([identify("x", {"plan": "trial"})], deferred=True)
     second = p.apply([identify("x", {"plan": "pro"})], deferred=True)
-    rounds.submit(first)
-    rounds.start()  # chunk 1's round alone
-    rounds.submit(second)
-    rounds.wait()
+    beside.submit(first)
+    beside.start()  # chunk 1's round alone
+    beside.submit(second)
+    beside.wait()
     assert p.changes(trial) == []
     assert p.members(trial) == set()
     assert p.queued() == []
 
 
 def test_a_round_never_undoes_what_another_writer_evaluated_after_its_chunk(
-    project: Project, rounds: Upkeep
+    project: Project, beside: Upkeep
 ) -> None:
     """Between a chunk's commit and its round, an API edit changes the customer back and its
     refresh evaluates it: the round must not enter the customer on the chunk's profile."""
@@ -1600,8 +1589,8 @@ def test_a_round_never_undoes_what_another_writer_evaluated_after_its_chunk(
     x = p.customer("x")
     work = p.apply([identify("x", {"plan": "trial"})], deferred=True)
     api_traits(p, x, {"plan": "free"})
-    rounds.submit(work)
-    rounds.wait()
+    beside.submit(work)
+    beside.wait()
     assert p.members(trial) == set()
     assert p.changes(trial) == []
     assert p.queued() == []
@@ -1638,7 +1627,7 @@ def test_a_round_reads_a_carried_customer_only_once_it_holds_it(
 
 
 def test_a_round_evaluates_a_segment_as_it_is_when_it_runs(
-    project: Project, rounds: Upkeep
+    project: Project, beside: Upkeep
 ) -> None:
     """The segment is redefined (and computed) between the chunk and its round: the round
     evaluates the new definition."""
@@ -1652,8 +1641,8 @@ def test_a_round_evaluates_a_segment_as_it_is_when_it_runs(
     p.update(sid, {"trait": "plan", "op": "eq", "value": "pro"})
     p.run_jobs()
     assert p.members(sid) == {y}  # the computation saw both profiles already
-    rounds.submit(work)
-    rounds.wait()
+    beside.submit(work)
+    beside.wait()
     assert p.members(sid) == {y}
     assert p.segment(sid).member_count == 1
 
@@ -1833,7 +1822,7 @@ def test_a_chunk_never_waits_for_a_round_while_it_holds_its_customers(
 
 
 def test_the_processor_waits_for_a_round_when_too_many_chunks_wait_for_the_next(
-    project: Project, rounds: Upkeep, monkeypatch: pytest.MonkeyPatch
+    project: Project, beside: Upkeep, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a round runs, committed chunks wait for the next one; past `upkeep.BEHIND` of
     them, submitting (between two chunks) waits for the running round."""
@@ -1841,275 +1830,25 @@ def test_the_processor_waits_for_a_round_when_too_many_chunks_wait_for_the_next(
     trial = ready(p, "Trial", TRIAL)
     p.send(identify("x", {"plan": "free"}))
     go = threading.Event()
-    judge = membership.judge
+    evaluate = membership.evaluate_pairs
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         go.wait(20)
-        return judge(*args, **kwargs)
+        return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(membership, "judge", slow)
-    rounds.submit(p.apply([identify("x", {"plan": "trial"})], deferred=True))
-    rounds.start()  # a round that runs until `go`
+    monkeypatch.setattr(membership, "evaluate_pairs", slow)
+    beside.submit(p.apply([identify("x", {"plan": "trial"})], deferred=True))
+    beside.start()  # a round that runs until `go`
     chunks = [
         p.apply([identify(f"y{i}", {"plan": "trial"})], deferred=True) for i in range(upkeep.BEHIND)
     ]
-    submitting = threading.Thread(target=lambda: [rounds.submit(w) for w in chunks])
+    submitting = threading.Thread(target=lambda: [beside.submit(w) for w in chunks])
     submitting.start()
     submitting.join(1.0)
     assert submitting.is_alive(), "the processor ran ahead of a round still running"
     go.set()
     submitting.join(20)
     assert not submitting.is_alive()
-    rounds.wait()
+    beside.wait()
     assert len(p.members(trial)) == 1 + upkeep.BEHIND
     assert p.queued() == []
-
-
-# -- SQLite: rounds judged in a snapshot, written under the lock -------------------------------
-
-
-@pytest.fixture
-def snapshot(backend: str, rounds: Upkeep) -> Upkeep:
-    """`rounds` on SQLite, where a round judges in a snapshot while others write."""
-    if backend != "sqlite":
-        pytest.skip("PostgreSQL rounds lock what they evaluate: see the tests above")
-    return rounds
-
-
-def meanwhile(
-    monkeypatch: pytest.MonkeyPatch, action: Callable[[], None], *, times: int = 1
-) -> list[int]:
-    """Run `action` right after a round judges (its snapshot still open), for the first
-    `times` rounds; returns, per judging, whether it held the lock (1) or not (0)."""
-    judged: list[int] = []
-    judge = Upkeep._judge
-
-    def then_act(self: Upkeep, session: Session, *args: Any) -> Any:
-        out = judge(self, session, *args)
-        locked = session.get_bind().get_execution_options().get("sqlite_immediate", False)
-        judged.append(int(bool(locked)))
-        if len(judged) <= times and not locked:
-            action()
-        return out
-
-    monkeypatch.setattr(Upkeep, "_judge", then_act)
-    return judged
-
-
-def test_a_round_leaves_a_customer_a_later_chunk_changed_to_the_next_round(
-    project: Project, snapshot: Upkeep, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Chunk 2 changes x after chunk 1's round has judged it (on chunk 1's trial plan): the
-    round writes nothing for x, and the next round judges x as chunk 2 left it. Had it written
-    its judgement, x would enter Trial and leave it again."""
-    p = project
-    trial = ready(p, "Trial", TRIAL)
-    p.send(identify("x", {"plan": "free"}), identify("y", {"plan": "free"}))
-    y = p.customer("y")
-    first = p.apply(
-        [identify("x", {"plan": "trial"}), identify("y", {"plan": "trial"})], deferred=True
-    )
-    second: list[upkeep.Work] = []
-    meanwhile(
-        monkeypatch, lambda: second.extend(p.apply([identify("x", {"plan": "pro"})], deferred=True))
-    )
-    snapshot.submit(first)
-    snapshot.wait()
-    assert p.members(trial) == {y}  # y, which no chunk changed since, was written
-    assert p.changes(trial) == [(y, "entered")]
-    assert len(second) == 1
-    snapshot.submit(second)
-    snapshot.wait()
-    assert p.members(trial) == {y}
-    assert p.changes(trial) == [(y, "entered")]
-    assert p.segment(trial).member_count == 1
-    assert p.queued() == []
-
-
-def test_a_round_judges_again_when_another_writer_evaluated_meanwhile(
-    project: Project, snapshot: Upkeep, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An API edit changes x back, and its refresh evaluates x, after the round judged x on
-    the chunk's profile: no chunk queued x since, but the round sees that memberships were
-    evaluated meanwhile, judges again, and x never enters."""
-    p = project
-    trial = ready(p, "Trial", TRIAL)
-    p.send(identify("x", {"plan": "free"}))
-    x = p.customer("x")
-    work = p.apply([identify("x", {"plan": "trial"})], deferred=True)
-    judged = meanwhile(monkeypatch, lambda: api_traits(p, x, {"plan": "free"}))
-    snapshot.submit(work)
-    snapshot.wait()
-    assert judged == [0, 0]
-    assert p.members(trial) == set()
-    assert p.changes(trial) == []
-    assert p.queued() == []
-
-
-def test_a_round_judges_again_when_its_segment_changed_meanwhile(
-    project: Project, snapshot: Upkeep, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The segment is redefined after the round judged x on the old definition: the round
-    judges again (the segment is computing: a recheck), and the computation decides."""
-    p = project
-    sid = ready(p, "Trial", TRIAL)
-    p.send(identify("x", {"plan": "free"}))
-    x = p.customer("x")
-    work = p.apply([identify("x", {"plan": "trial"})], deferred=True)
-    judged = meanwhile(
-        monkeypatch, lambda: p.update(sid, {"trait": "plan", "op": "eq", "value": "pro"})
-    )
-    snapshot.submit(work)
-    snapshot.wait()
-    assert judged == [0, 0]
-    assert p.rechecks(sid) == {x}
-    assert p.members(sid) == set()
-    p.run_jobs()
-    assert p.changes(sid) == []
-    assert p.members(sid) == set()
-    assert p.segment(sid).status == "ready"
-
-
-def test_a_round_writes_nothing_for_a_customer_erased_meanwhile(
-    project: Project, snapshot: Upkeep, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from tidings.ingest import service as ingestion
-
-    p = project
-    trial = ready(p, "Trial", TRIAL)
-    active = ready(p, "Signed in", {"event": "Signed In", "op": "performed", "within_days": 7})
-    p.send(identify("x", {"plan": "free"}))
-    x = p.customer("x")
-    work = p.apply([identify("x", {"plan": "trial"}), track("x", "Signed In")], deferred=True)
-
-    def erase() -> None:
-        with p.db.session(write=True) as session:
-            ingestion.erase_customer(session, project_id=p.id, customer_id=x)
-
-    meanwhile(monkeypatch, erase)
-    snapshot.submit(work)
-    snapshot.wait()
-    assert p.members(trial) == p.members(active) == set()
-    assert [p.segment(s).member_count for s in (trial, active)] == [0, 0]
-    assert p.timers() == {}
-    assert orphans(p.db) == {}
-    assert p.queued() == []
-
-
-def test_a_round_that_keeps_meeting_other_writers_judges_under_the_lock(
-    project: Project, snapshot: Upkeep, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Another writer evaluates memberships after every judging in a snapshot: after
-    `upkeep.ATTEMPTS` of them the round judges and writes under the lock, where no one can."""
-    p = project
-    trial = ready(p, "Trial", TRIAL)
-    p.send(identify("x", {"plan": "free"}), identify("o", {"plan": "free"}))
-    x, o = p.customer("x"), p.customer("o")
-    work = p.apply([identify("x", {"plan": "trial"})], deferred=True)
-    plans = iter(["trial", "free"] * upkeep.ATTEMPTS)
-    judged = meanwhile(
-        monkeypatch, lambda: api_traits(p, o, {"plan": next(plans)}), times=upkeep.ATTEMPTS
-    )
-    snapshot.submit(work)
-    snapshot.wait()
-    assert judged == [0] * upkeep.ATTEMPTS + [1]
-    assert x in p.members(trial)
-    assert p.changes(trial)[-1] == (x, "entered")
-    assert p.queued() == []
-
-
-# -- SQLite: upkeep in a helper process ---------------------------------------------------------
-
-
-@pytest.fixture
-def process(backend: str, db: Database) -> Iterator[UpkeepProcess]:
-    if backend != "sqlite":
-        pytest.skip("PostgreSQL runs upkeep on a thread of the processor's process")
-    with db.session(write=True) as session:
-        session.execute(delete(SegmentUpkeep))
-    runner = UpkeepProcess(db)
-    yield runner
-    runner.close()
-
-
-def test_upkeep_in_a_helper_process_gives_what_upkeep_inside_the_processor_gives(
-    project: Project, process: UpkeepProcess
-) -> None:
-    p = project
-    trial = ready(p, "Trial", TRIAL)
-    active = ready(p, "Signed in", {"event": "Signed In", "op": "performed", "within_days": 7})
-    p.send(identify("a", {"plan": "trial"}), identify("b", {"plan": "free"}))
-    a, b = p.customer("a"), p.customer("b")
-    p.send(track("a", "Signed In"), identify("c", {"plan": "trial"}), beside=process)
-    process.start()
-    p.send(identify("b", {"plan": "trial"}), track("b", "Signed In"), beside=process)
-    process.wait()
-    c = p.customer("c")
-    helper_pid = process._process.pid if process._process is not None else None
-    assert helper_pid is not None
-    assert helper_pid != os.getpid()
-    assert p.members(trial) == {a, b, c}
-    assert p.members(active) == {a, b}
-    assert [p.segment(s).member_count for s in (trial, active)] == [3, 2]
-    assert set(p.timers()) == {a, b}
-    assert p.changes(active) == [(a, "entered"), (b, "entered")]
-    assert p.queued() == []
-
-
-def test_the_helper_process_dying_loses_nothing(project: Project, process: UpkeepProcess) -> None:
-    """The helper dies with a round sent: the round's queue row stays, and `recover` (which
-    starts a new helper) evaluates it."""
-    p = project
-    trial = ready(p, "Trial", TRIAL)
-    p.send(identify("x", {"plan": "free"}), beside=process)
-    process.wait()  # the helper is up
-    x = p.customer("x")
-    first = process._process
-    assert first is not None
-    assert first.pid is not None
-    os.kill(first.pid, signal.SIGSTOP)  # it takes the next round, and never answers
-    p.send(identify("x", {"plan": "trial"}), beside=process)
-    process.start()
-    first.kill()
-    process.wait()
-    assert p.members(trial) == set()
-    assert p.queued() == [[x]]
-    assert process.recover(older_than=timedelta(0)) == 1
-    assert process._process is not None
-    assert process._process is not first
-    assert p.members(trial) == {x}
-    assert p.queued() == []
-
-
-def test_without_a_helper_process_the_processor_evaluates_each_chunk_after_it_commits(
-    project: Project, process: UpkeepProcess, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from tidings.segments import helper
-
-    p = project
-    trial = ready(p, "Trial", TRIAL)
-    monkeypatch.setattr(helper, "START_TIMEOUT", 0.0)  # no helper answers in time
-    p.send(identify("x", {"plan": "trial"}), beside=process)
-    process.start()
-    assert process._process is None
-    p.send(identify("y", {"plan": "trial"}), beside=process)
-    process.wait()
-    assert p.members(trial) == {p.customer("x"), p.customer("y")}
-    assert p.queued() == []
-
-
-@pytest.mark.parametrize("setting", ["beside", "inline"])
-def test_the_worker_runs_upkeep_as_the_settings_say(
-    backend: str, db: Database, setting: str
-) -> None:
-    from tidings.config import Settings
-    from tidings.segments import helper
-
-    settings = Settings(database_url=db.settings.database_url, segment_upkeep=setting)
-    runner = helper.upkeep_for(Database(settings))
-    if setting == "inline":
-        assert runner is None
-    elif backend == "sqlite":
-        assert isinstance(runner, UpkeepProcess)
-    else:
-        assert isinstance(runner, Upkeep)

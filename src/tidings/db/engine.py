@@ -6,9 +6,7 @@ processor's write lock; on PostgreSQL both are the same database.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,32 +30,6 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-BUSY_SECONDS = 30.0  # how long a statement waits for another connection's lock
-
-
-def _begin_immediate(raw: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE, polling every millisecond or two while another connection writes.
-
-    SQLite's own wait (busy_timeout) sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries, so a
-    writer waiting for a 20 ms transaction to end waits 33 ms; the processor and segment upkeep
-    hand the lock to each other many times a second."""
-    raw.execute("PRAGMA busy_timeout=0")
-    try:
-        deadline = time.monotonic() + BUSY_SECONDS
-        pause = 0.0005
-        while True:
-            try:
-                raw.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(0.002, pause * 2)
-    finally:
-        raw.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
-
-
 def _make_engine(url: str, *, synchronous: str, autocheckpoint: int) -> Engine:
     kwargs: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": orjson.loads}
     if url.startswith("sqlite"):
@@ -77,7 +49,7 @@ def _make_engine(url: str, *, synchronous: str, autocheckpoint: int) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
+            cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA cache_size=-65536")
             cur.execute("PRAGMA temp_store=MEMORY")
             # Checkpoint in large steps: a page written by many commits goes back to the
@@ -98,7 +70,7 @@ def _make_engine(url: str, *, synchronous: str, autocheckpoint: int) -> Engine:
             # Writers take the lock up front (IMMEDIATE): a deferred transaction that reads and
             # then writes fails at once under WAL when another writer committed in between.
             if options.get("sqlite_immediate"):
-                _begin_immediate(conn.connection.dbapi_connection)
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             else:
                 conn.exec_driver_sql("BEGIN")
 

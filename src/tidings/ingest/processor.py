@@ -575,16 +575,7 @@ def _refresh_segments(
         if changed:
             ids = sorted(changed)
             queued = upkeep.queue(session, pid, ids)
-            counted = {facet for s in segments for _, facet, _ in s.events}
-            events = {
-                cid: kept
-                for cid, rows in events.items()
-                if (kept := [(f, row) for f, row in rows if f in counted])
-            }
-            if session.get_bind().dialect.name == "postgresql":
-                versions = membership.row_versions(session, pid, sorted(base))
-            else:  # a round on SQLite judges in a snapshot newer than the chunk's profiles
-                base, versions = {}, {}
+            versions = membership.row_versions(session, pid, sorted(base))
             deferred.append(upkeep.Work(pid, changed, base, events, queued, versions))
         return
     membership.refresh(
@@ -667,7 +658,7 @@ def _write_log(session: Session, pid: int, entries: list[Entry], now: datetime) 
 
 
 def process_chunk(
-    db: Database, chunk: Chunk, segment_upkeep: upkeep.Runner | None = None
+    db: Database, chunk: Chunk, segment_upkeep: upkeep.Upkeep | None = None
 ) -> dict[int, dict[str, int]]:
     """Apply one chunk and remove its rows from the inbox. Given `segment_upkeep`, the
     chunk's segment upkeep runs there once the chunk commits."""
@@ -821,20 +812,16 @@ def drain(
     chunk_size: int,
     max_chunks: int | None = None,
     reader: InboxReader | None = None,
-    segment_upkeep: upkeep.Runner | None = None,
+    segment_upkeep: upkeep.Upkeep | None = None,
 ) -> int:
     """Process inbox chunks until it is empty (or max_chunks); returns messages handled.
     A caller that drains again and again passes its own `reader`, which keeps reading ahead
-    between calls, and its own segment upkeep (`helper.upkeep_for`), which it waits for when
-    it pauses. Otherwise the drain runs its own on PostgreSQL (a thread, waited for before it
-    returns) and evaluates inside each chunk's transaction on SQLite (a helper process is
-    worth starting for a worker, not for one drain)."""
+    between calls, and on PostgreSQL its own segment upkeep (`upkeep.Upkeep`), which it waits
+    for when it pauses; otherwise the drain waits for its upkeep before it returns."""
     own = reader is None
     if reader is None:
         reader = InboxReader(db, limit=chunk_size)
-    own_upkeep = (
-        segment_upkeep is None and is_postgres(db.engine) and db.settings.segment_upkeep == "beside"
-    )
+    own_upkeep = segment_upkeep is None and is_postgres(db.engine)
     if own_upkeep:
         segment_upkeep = upkeep.Upkeep(db)
     handled = 0

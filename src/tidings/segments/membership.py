@@ -513,53 +513,6 @@ def evaluate_pairs(
     used = {s.id: s for segs in pairs.values() for s in segs}
     fresh = {cid for cid, f in (base or {}).items() if held and f.fresh and cid in pairs}
     _hold_segments(session, project_id, used, pairs)
-    judged = judge(session, project_id, pairs, now=now, base=base, fresh=fresh, hold=held)
-    note_writes(session)
-    write_judged(session, project_id, judged, source=source)
-    return len(judged.changes)
-
-
-@dataclass(slots=True)
-class Judged:
-    """Customers evaluated against segments in one transaction, not yet written."""
-
-    changes: list[Change]
-    firsts: dict[int, datetime]  # the earliest time flip of each customer's segments evaluated
-    rechecks: list[dict[str, int]]  # pairs of a segment computing, for its computation
-    segments: dict[int, tuple[int, str]]  # the segments evaluated: id -> (version, status)
-    now: datetime  # the instant they were evaluated at, which entries and exits are dated
-
-    def customers(self) -> set[int]:
-        """Those with something to write."""
-        return {
-            *(c.customer_id for c in self.changes),
-            *self.firsts,
-            *(r["customer_id"] for r in self.rechecks),
-        }
-
-    def drop(self, customers: set[int]) -> None:
-        """Leave these customers out of what is written."""
-        if not customers:
-            return
-        self.changes = [c for c in self.changes if c.customer_id not in customers]
-        self.firsts = {cid: at for cid, at in self.firsts.items() if cid not in customers}
-        self.rechecks = [r for r in self.rechecks if r["customer_id"] not in customers]
-
-
-def judge(
-    session: Session,
-    project_id: int,
-    pairs: dict[int, list[LiveSegment]],
-    *,
-    now: datetime,
-    base: dict[int, Facts] | None = None,
-    fresh: set[int] | frozenset[int] = frozenset(),
-    hold: bool = False,
-) -> Judged:
-    """Evaluate each customer against its segments, as the transaction sees them (`base`
-    profiles aside); `fresh` customers (created by the caller's chunk, held by it since) have
-    no memberships or timer to read. Reads only: `write_judged` writes the outcome."""
-    used = {s.id: s for segs in pairs.values() for s in segs}
     facts = load_facts(
         session,
         project_id,
@@ -570,7 +523,7 @@ def judge(
         per_customer={
             cid: [s.tree for s in segs] for cid, segs in pairs.items() if cid not in fresh
         },
-        hold=hold,
+        hold=held,
     )
     verdicts: list[tuple[LiveSegment, int, bool]] = []
     rechecks: list[dict[str, int]] = []
@@ -593,44 +546,21 @@ def judge(
         # earlier if it must (the computation's own plan comes in by `_merge_timers`).
         if first is not None:
             firsts[cid] = first
+    # A customer this chunk created has no memberships or timer yet (the caller has held it
+    # since it was created).
     ids = sorted(cid for cid in facts if cid not in fresh)
-    current = members_among(Bulk(session), [(s.id, cid) for cid in ids for s in pairs[cid]])
+    bulk = Bulk(session)
+    current = members_among(bulk, [(s.id, cid) for cid in ids for s in pairs[cid]])
     changes = [
         Change(s, cid, inside) for s, cid, inside in verdicts if inside != ((s.id, cid) in current)
     ]
-    segments = {sid: (s.version, s.status) for sid, s in used.items()}
-    return Judged(changes, firsts, rechecks, segments, now)
-
-
-def write_judged(session: Session, project_id: int, judged: Judged, *, source: str) -> None:
-    """Write what `judge` found: entries, exits, timers (only ever earlier) and rechecks."""
-    apply_changes(session, project_id, judged.changes, now=judged.now, source=source)
-    _write_timers(session, project_id, judged.firsts)
-    if judged.rechecks:
+    apply_changes(session, project_id, changes, now=now, source=source)
+    _write_timers(session, project_id, firsts)
+    if rechecks:
         from tidings.db.upsert import upsert
 
-        upsert(
-            session, table_of(SegmentRecheck), judged.rechecks, keys=("segment_id", "customer_id")
-        )
-
-
-def note_writes(session: Session) -> None:
-    """On SQLite, count a transaction that evaluates or writes memberships other than an upkeep
-    round's: a round judges in a snapshot and writes later, and writes nothing if this count
-    moved meanwhile (`upkeep`). PostgreSQL writers lock what they evaluate instead."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(
-            text(
-                "INSERT INTO segment_writes (id, serial) VALUES (1, 1) "
-                "ON CONFLICT (id) DO UPDATE SET serial = segment_writes.serial + 1"
-            )
-        )
-
-
-def writes_serial(session: Session) -> int:
-    """The count `note_writes` keeps, as the transaction sees it."""
-    value = session.execute(text("SELECT serial FROM segment_writes WHERE id = 1")).scalar()
-    return int(value or 0)
+        upsert(session, table_of(SegmentRecheck), rechecks, keys=("segment_id", "customer_id"))
+    return len(changes)
 
 
 def _take_customers(
@@ -1020,7 +950,7 @@ def compute(db: Database, *, segment_id: int, version: int) -> None:
                 return
             _enter(session, pid, segment_id, [cid for cid, entered in part if entered], now)
             leaving = [cid for cid, entered in part if not entered]
-            exists = existing(session, pid, leaving)
+            exists = _existing(session, pid, leaving)
             apply_changes(
                 session,
                 pid,
@@ -1116,7 +1046,7 @@ def _enter(
     )
 
 
-def existing(session: Session, project_id: int, ids: list[int]) -> set[int]:
+def _existing(session: Session, project_id: int, ids: list[int]) -> set[int]:
     """The ids among `ids` of the project's customers that still exist (held until the
     transaction ends: rows written for them cannot outlive them)."""
     bulk = Bulk(session)

@@ -122,19 +122,6 @@ class SegmentUpkeep(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class SegmentWrites(Base):
-    """How many transactions other than upkeep rounds have evaluated memberships (SQLite).
-
-    On SQLite an upkeep round evaluates in a snapshot while the processor writes, then writes
-    under the lock: it writes nothing if this count moved meanwhile, and evaluates again
-    (`upkeep`, `membership.note_writes`). One row. PostgreSQL writers lock instead."""
-
-    __tablename__ = "segment_writes"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    serial: Mapped[int] = mapped_column(BigInteger, default=0)
-
-
 __all__ = [
     "Segment",
     "SegmentGrowth",
@@ -142,5 +129,4 @@ __all__ = [
     "SegmentRecheck",
     "SegmentTimer",
     "SegmentUpkeep",
-    "SegmentWrites",
 ]

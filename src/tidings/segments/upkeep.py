@@ -1,23 +1,23 @@
-"""Segment upkeep beside the processor.
+"""Segment upkeep beside the processor (PostgreSQL).
 
-The processor does not evaluate a chunk's segments inside the chunk's transaction: the
-transaction records the customers to evaluate (`queue`), and once it commits, an `Upkeep`
-evaluates them on a connection of its own while the processor applies the next chunk. On
-PostgreSQL it runs on a thread of the processor, and the database server works for both at
-once; on SQLite it runs in a helper process (`helper.UpkeepProcess`), on another core, and
-judges each round in a snapshot (`Upkeep._round_in_snapshot`).
+On PostgreSQL the processor does not evaluate a chunk's segments inside the chunk's
+transaction: the transaction records the customers to evaluate (`queue`), and once it commits,
+an `Upkeep` evaluates them on a connection of its own while the processor applies the next
+chunk. The database server works for both at once, and the processor does not wait for
+upkeep's reads and writes. SQLite has one writer at a time and nothing to overlap: there the
+processor evaluates inside its transaction (`membership.refresh`).
 
 One round runs at a time, in the order of the chunks. The processor starts a chunk's round once
-its next chunk holds its own customers. On PostgreSQL the round then takes (locks) the customers
-no one else holds, before it reads anything, as every writer that evaluates a customer does, and
-leaves the others (mostly the next chunk's) to the round after. It evaluates the segments as
-they are when it starts, on the profile the chunk left if the customer's row is still the one
-the chunk wrote (its version, PostgreSQL's xmin) or else as read now, and on events read now.
-Starting a round never waits for the one before it (the chunk's transaction is open, and a round
-may be waiting for a lock that waits for it): while a round runs, the chunks that commit
-meanwhile wait for the next one, which takes them together (past `BEHIND` of them, the processor
-waits for the running round between its transactions). Memberships lag the processor by the
-chunks committed while a round runs, and `wait` catches up.
+its next chunk holds its own customers; the round then takes (locks) the customers no one else
+holds, before it reads anything, as every writer that evaluates a customer does, and leaves the
+others (mostly the next chunk's) to the round after. It evaluates the segments as they are when
+it starts, on the profile the chunk left if the customer's row is still the one the chunk wrote
+(its version, PostgreSQL's xmin) or else as read now, and on events read now. Starting a round
+never waits for the one before it (the chunk's transaction is open, and a round may be waiting
+for a lock that waits for it): while a round runs, the chunks that commit meanwhile wait for
+the next one, which takes them together (past `BEHIND` of them, the processor waits for the
+running round between its transactions). Memberships lag the processor by the chunks committed
+while a round runs, and `wait` catches up.
 
 Nothing acknowledged is lost: the queue row of a chunk goes in the chunk's transaction and out
 in the transaction of the round that evaluated it (or that queued its skipped customers
@@ -34,7 +34,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
 
 from psycopg.errors import DeadlockDetected
 from sqlalchemy import delete, func, insert, select
@@ -42,12 +41,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tidings import clock
-from tidings.db import Database, is_postgres, table_of
-from tidings.db.bulk import chunks
+from tidings.db import Database, table_of
 from tidings.segments import membership
 from tidings.segments.evaluate import EventRow, Facts
 from tidings.segments.membership import LiveSegment
-from tidings.segments.models import Segment, SegmentUpkeep
+from tidings.segments.models import SegmentUpkeep
 from tidings.segments.rules import Facet
 
 log = logging.getLogger(__name__)
@@ -86,16 +84,6 @@ def pending(session: Session) -> dict[int, int]:
     t = table_of(SegmentUpkeep)
     rows = session.execute(select(t.c.project_id, func.count()).group_by(t.c.project_id))
     return {pid: int(n) for pid, n in rows}
-
-
-class Runner(Protocol):
-    """What the processor and the worker call, on `Upkeep` or `helper.UpkeepProcess`."""
-
-    def submit(self, work: list[Work]) -> None: ...
-    def start(self) -> None: ...
-    def wait(self, *, timeout: float = 5.0) -> None: ...
-    def recover(self, *, older_than: timedelta = STALE) -> int: ...
-    def close(self) -> None: ...
 
 
 class Upkeep:
@@ -214,9 +202,6 @@ class Upkeep:
     def _round_once(self, work: list[Work], rows: Sequence[tuple[int, int, list[int]]]) -> None:
         """One transaction: per project, the customers of `work`, those carried from the round
         before and those of recovered `rows`, evaluated together."""
-        if not is_postgres(self.db.engine):
-            self._round_in_snapshot(work, rows)
-            return
         skipped: dict[int, dict[int, set[int]]] = defaultdict(dict)
         with self.db.session(write=True) as session:
             now = clock.now()
@@ -255,110 +240,6 @@ class Upkeep:
             carried = _requeue(session, done, skipped)
         self._carry = {pid: c for pid, c in skipped.items() if c}
         self._carried = carried
-
-    def _round_in_snapshot(
-        self, work: list[Work], rows: Sequence[tuple[int, int, list[int]]]
-    ) -> None:
-        """SQLite: judge the round in a snapshot, while the processor goes on writing, then
-        write, under the database's lock, what holds for the customers no chunk changed since
-        the snapshot (the queue rows written since say which: they wait for the next round).
-        If anything else moved meanwhile (another writer evaluated memberships, a segment
-        changed), judge again; after `ATTEMPTS`, judge under the lock."""
-        done = [w.queued for w in work] + self._carried + [row_id for row_id, _, _ in rows]
-        for attempt in range(1, ATTEMPTS + 2):
-            locked = attempt > ATTEMPTS
-            with self.db.session(write=locked) as session:
-                mark = _Mark.read(session)
-                judged = self._judge(session, work, rows)
-                if locked:
-                    outcome = self._write(session, mark, judged, done)
-            if not locked:
-                with self.db.session(write=True) as session:
-                    outcome = self._write(session, mark, judged, done)
-            if outcome is not None:
-                skipped, self._carried = outcome
-                self._carry = {pid: c for pid, c in skipped.items() if c}
-                return
-            log.info("segment upkeep round judged again: memberships changed meanwhile")
-        raise AssertionError("a round judged under the lock is always written")
-
-    def _judge(
-        self, session: Session, work: list[Work], rows: Sequence[tuple[int, int, list[int]]]
-    ) -> dict[int, tuple[_Plan, membership.Judged]]:
-        """The round's customers, each with the segments its changes may affect, judged as the
-        transaction sees them (the chunks' profiles are not used: the snapshot is newer)."""
-        now = clock.now()
-        plans: dict[int, _Plan] = {}
-        for w in work:
-            plan = _plan_of(session, plans, w.project_id)
-            plan.add(
-                membership.affected(w.changed, plan.segments, base=None, events=w.events, now=now)
-            )
-        for pid, customers in self._carry.items():
-            plan = _plan_of(session, plans, pid)
-            plan.add({cid: plan.having(ids) for cid, ids in customers.items()})
-        for _, pid, ids in rows:
-            plan = _plan_of(session, plans, pid)
-            plan.add({int(cid): plan.segments for cid in ids})
-        return {
-            pid: (plan, membership.judge(session, pid, plan.pairs, now=now))
-            for pid, plan in sorted(plans.items())
-        }
-
-    def _write(
-        self,
-        session: Session,
-        mark: _Mark,
-        judged: dict[int, tuple[_Plan, membership.Judged]],
-        done: list[int],
-    ) -> tuple[dict[int, dict[int, set[int]]], list[int]] | None:
-        """Write the round judged at `mark`, in the caller's write transaction, and remove the
-        queue rows `done`; None (nothing written) if it must be judged again. Returns the
-        customers left to the next round (a chunk committed since changed them), with their
-        segments' ids, and the queue rows that hold them meanwhile."""
-        if membership.writes_serial(session) != mark.writes:
-            return None
-        t = table_of(Segment)
-        used = {sid: v for _, j in judged.values() for sid, v in j.segments.items()}
-        states = {
-            r.id: (r.version, r.status)
-            for part in chunks(sorted(used))
-            for r in session.execute(
-                select(t.c.id, t.c.version, t.c.status).where(t.c.id.in_(part))
-            )
-        }
-        if states != used:
-            return None  # edited, deleted, or its computation finished
-        q = table_of(SegmentUpkeep)
-        since: dict[int, set[int]] = defaultdict(set)
-        for pid, ids in session.execute(
-            select(q.c.project_id, q.c.customer_ids).where(q.c.id > mark.queued)
-        ):
-            since[pid].update(int(cid) for cid in ids)
-        skipped: dict[int, dict[int, set[int]]] = defaultdict(dict)
-        for pid, (plan, j) in judged.items():
-            changed = since.get(pid, set()) & set(plan.pairs)
-            for cid in changed:
-                skipped[pid][cid] = {s.id for s in plan.pairs[cid]}
-            j.drop(changed)
-            wanted = j.customers()
-            j.drop(wanted - membership.existing(session, pid, sorted(wanted)))  # erased since
-            membership.write_judged(session, pid, j, source="event")
-        return skipped, _requeue(session, done, skipped)
-
-
-@dataclass(frozen=True, slots=True)
-class _Mark:
-    """Where a snapshot stands: the last queue row, and `membership.writes_serial`."""
-
-    queued: int
-    writes: int
-
-    @classmethod
-    def read(cls, session: Session) -> _Mark:
-        q = table_of(SegmentUpkeep)
-        last = session.execute(select(func.max(q.c.id))).scalar()
-        return cls(int(last or 0), membership.writes_serial(session))
 
 
 class _Plan:

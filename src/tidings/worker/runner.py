@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session
 
 from tidings import clock, jobs
 from tidings.db import Database
+from tidings.db.engine import is_postgres
 from tidings.ingest import processor
 from tidings.ingest import service as ingestion
 from tidings.messaging import delivery
-from tidings.segments import helper, membership
+from tidings.segments import membership, upkeep
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ class Worker:
         self.stop_event = threading.Event()
         self._last_jobs = 0.0
         self.reader = processor.InboxReader(db, limit=db.settings.processor_chunk)
-        # Chunks' segment upkeep runs beside the processor (segments.upkeep, segments.helper).
-        self.upkeep = helper.upkeep_for(db)
+        # PostgreSQL: chunks' segment upkeep runs beside the processor (see segments.upkeep).
+        self.upkeep = upkeep.Upkeep(db) if is_postgres(db.engine) else None
 
     def run_once(self) -> int:
         """One round: a chunk of the inbox if this worker holds the lease, then due jobs."""
