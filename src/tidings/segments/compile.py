@@ -334,11 +334,10 @@ def event_match(q: Sql, c: EventCond, *, window: bool = True) -> str:
     parts = [f"e.type = '{c.type}'"]
     if c.name is not None:
         parts.append(f"e.name = {q.bind(c.name)}")
-    if window and c.recency is None:
-        if c.window.days is not None:
-            parts.append(f"e.timestamp >= {q.dt(q.now - timedelta(days=c.window.days))}")
-        elif c.window.start is not None and c.window.end is not None:
-            parts.append(f"e.timestamp >= {q.dt(c.window.start)}")
+    start = _window_start(q, c) if window else None
+    if start is not None:
+        parts.append(f"e.timestamp >= {q.dt(start)}")
+        if c.window.days is None and c.window.end is not None:  # between two dates
             parts.append(f"e.timestamp <= {q.dt(c.window.end)}")
     if c.page_test is not None:
         parts.append(_text_test(q, c.page_test, page_field_sql(q, c.page_field or "path")))
@@ -565,7 +564,8 @@ def _summary_columns(q: Sql, conds: list[EventCond]) -> tuple[str, str]:
 
 
 def _window_start(q: Sql, c: EventCond) -> datetime | None:
-    """The oldest instant of the events a condition counts, None for no bound."""
+    """The oldest instant of the events a condition counts (its window's start), None for
+    no bound."""
     if c.recency is not None:
         return None
     if c.window.days is not None:
