@@ -35,7 +35,8 @@ PostgreSQL, copied from that file with COPY (same rows; then ANALYZE, as autovac
    SQLite, beside it on PostgreSQL (`segments.upkeep`; a run ends when its upkeep is done).
    On SQLite each timed run starts from a checkpointed database and ends with a checkpoint,
    so it pays for writing its own pages back, whether or not an automatic checkpoint falls
-   inside it; on PostgreSQL each starts
+   inside it (the log's file keeps its size between runs, see `checkpoint`); on PostgreSQL
+   each starts
    from a vacuumed database and ends with a VACUUM of the tables it writes, so it pays for
    cleaning up its own dead rows and the next run does not share the cores with autovacuum
    working through them.
@@ -641,10 +642,16 @@ class Computed:
 
 def checkpoint(db: Database) -> None:
     """SQLite: move the write-ahead log into the database file (as its automatic checkpoints
-    would, later, during someone else's transaction)."""
+    would, later, during someone else's transaction), and start the log again from its
+    beginning. The log's file keeps its size, as with the automatic checkpoints (Tidings sets
+    no journal_size_limit), and the next run writes over its blocks. Truncating the file
+    instead (TRUNCATE) made every run append its log to new blocks, which the file system
+    zeroes before the first write into them; on the benchmark machine (ext4, Linux 6.18) a
+    commit then took up to three times as long per frame, and the runs that write the most
+    paid the most (see the README, Performance)."""
     if db.engine.dialect.name == "sqlite":
         with db.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(RESTART)")
 
 
 # What the processor and segment upkeep write (and the inbox it empties, on PostgreSQL).
