@@ -16,6 +16,10 @@ Two more properties over time-based trees: `membership.timer_plan` (SQL, for a f
 computation) plans the same next flip per customer as `evaluate.next_change` (incremental), and,
 following the timers `next_change` sets, no condition changes its answer between two of them.
 
+And one over event conditions alone: where a customer's new events decide a condition
+(`membership.decided_summary`), it answers as on all the customer's events, and its next flip
+comes no later.
+
 Each example gets a fresh project in a database the module creates once per backend. The
 vocabularies are small on purpose so that conditions hit; the first property checks that every
 family was seen both true and false, so it cannot pass vacuously. The minimal cases the
@@ -1258,13 +1262,19 @@ def test_in_a_list_of_several_kinds(db: Database, values: list[Any], expected: s
 
 
 @st.composite
-def event_rows(draw: st.DrawFn, now: datetime) -> dict[tuple[str, str | None], list[EventRow]]:
-    """Any events: tracks of every name and pages, from a year ago to a day ahead."""
+def event_rows(
+    draw: st.DrawFn, now: datetime, only: tuple[str, str | None] | None = None
+) -> dict[tuple[str, str | None], list[EventRow]]:
+    """Any events (or those of one type and name, `only`): tracks of every name and pages,
+    from a year ago to a day ahead."""
     out: dict[tuple[str, str | None], list[EventRow]] = {}
     for _ in range(draw(st.integers(0, 6))):
         at = now + draw(st.sampled_from([-400 * DAY, -31 * DAY, -8 * DAY, -DAY, -HOUR, -US, DAY]))
-        if draw(st.booleans()):
-            key: tuple[str, str | None] = ("track", draw(st.sampled_from(TRACK_NAMES)))
+        if only is not None and only[0] == "track":
+            key: tuple[str, str | None] = only
+            row = EventRow(at, only[1], draw(event_properties(now)), {})
+        elif only is None and draw(st.booleans()):
+            key = ("track", draw(st.sampled_from(TRACK_NAMES)))
             row = EventRow(at, key[1], draw(event_properties(now)), {})
         else:
             key = ("page", None)
@@ -1319,3 +1329,98 @@ def test_a_settled_tree_keeps_its_answer_whatever_the_events_tags_groups_and_tim
         events=data.draw(event_rows(now)),
     )
     assert evaluate.holds(tree, full, later) is answer
+
+
+# -- some events decide a condition -----------------------------------------------------------
+
+
+@st.composite
+def clicked_cond(draw: st.DrawFn, now: datetime) -> Definition:
+    """A condition on "Clicked" events, with a count (of any kind) and a window more often than
+    the other strategies draw them, and a filter on properties less often."""
+    out: Definition = {
+        "event": "Clicked",
+        "op": draw(st.sampled_from(["performed", "not_performed"])),
+    }
+    if out["op"] == "performed" and draw(st.booleans()):
+        out["count"] = {draw(st.sampled_from(COUNT_KEYS)): draw(st.integers(0, 3))}
+    out.update(draw(st.just({"within_days": draw(st.sampled_from(DAYS))}) | window(now)))
+    if draw(st.integers(0, 3)) == 0:
+        out["where"] = draw(where(1))
+    return out
+
+
+def event_conditions_of_every_kind(now: datetime) -> st.SearchStrategy[Definition]:
+    return st.one_of(
+        clicked_cond(now),
+        event_cond(now),
+        event_cond(now, timed=True),
+        recency_cond(),
+        page_cond(now),
+        page_cond(now, timed=True),
+    )
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(data=st.data())
+def test_what_new_events_decide_all_the_events_decide_alike(data: st.DataObject) -> None:
+    """`membership.decided_summary` stands in for a condition's summary from some of the
+    customer's events (a chunk's new ones): where it decides, the condition answers as on all
+    the events, now, and its next flip comes no later than the one all the events give."""
+    now = data.draw(st.sampled_from(NOWS))
+    c = rules.parse(data.draw(event_conditions_of_every_kind(now)))
+    assert isinstance(c, EventCond)
+    events = data.draw(event_rows(now))
+    key = evaluate.event_key(c)
+    events.setdefault(key, []).extend(data.draw(event_rows(now, key)).get(key, []))
+    new = [row for row in events.get(key, []) if data.draw(st.booleans())]
+    decided = membership.decided_summary(c, new, now)
+    if decided is None:
+        return
+    full = Facts(id=1, traits={}, events=events)
+    partial = Facts(id=1, traits={}, summaries={c: decided}, summaries_only=True)
+    compiled_c = program.program(c)
+    assert compiled_c.holds(partial, now) is evaluate.holds(c, full, now)
+    flip = evaluate.next_change(c, full, now)
+    if flip is not None:
+        early = compiled_c.next_change(partial, now)
+        assert early is not None
+        assert early <= flip
+
+
+@pytest.mark.parametrize(
+    ("definition", "ago", "decides"),
+    [
+        ({"event": "Clicked", "op": "performed"}, 400 * DAY, True),
+        ({"event": "Clicked", "op": "performed", "within_days": 7}, DAY, True),
+        ({"event": "Clicked", "op": "performed", "within_days": 7}, 8 * DAY, False),
+        ({"event": "Clicked", "op": "not_performed", "within_days": 7}, HOUR, True),
+        ({"event": "Clicked", "op": "performed", "count": {"gte": 1}}, HOUR, True),
+        ({"event": "Clicked", "op": "performed", "count": {"gte": 2}}, HOUR, False),
+        ({"event": "Clicked", "op": "performed", "count": {"lte": 2}}, HOUR, False),
+        ({"event": "Clicked", "op": "performed", "count": {"eq": 1}}, HOUR, False),
+        ({"event": "Clicked", "op": "last_performed", "within_days": 7}, DAY, True),
+        ({"event": "Clicked", "op": "last_performed", "more_than_days_ago": 7}, DAY, True),
+        ({"event": "Clicked", "op": "last_performed", "more_than_days_ago": 7}, 8 * DAY, False),
+        ({"event": "Clicked", "op": "first_performed", "within_days": 7}, DAY, False),
+        ({"page": "path", "op": "starts_with", "value": "/docs", "within_days": 30}, DAY, True),
+        ({"page": "path", "op": "eq", "value": "/pricing", "within_days": 30}, DAY, False),
+    ],
+)
+def test_new_events_decide_lower_bounds_only(
+    definition: Definition, ago: timedelta, decides: bool
+) -> None:
+    """At least N events, not performed and the last performed are decided by one new event;
+    at most or exactly N, first performed, or an event that is not counted are not."""
+    c = rules.parse(definition)
+    assert isinstance(c, EventCond)
+    at = NOON - ago
+    if c.type == "page":
+        page = {"path": "/docs/start"}
+        row = EventRow(at, "Docs", page, {"page": page})
+    else:
+        row = EventRow(at, "Clicked", {}, {})
+    decided = membership.decided_summary(c, [row], NOON)
+    assert (decided is not None) is decides
+    if decided is not None:
+        assert (decided.count, decided.last) == (1, at)

@@ -741,6 +741,40 @@ def test_only_changes_a_segment_can_see_evaluate_it(project: Project) -> None:
     assert p.rechecks(trial_buyers) == {p.customer("trial"), p.customer("traits")}
 
 
+def test_new_events_that_decide_a_condition_are_not_read_again(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored customer's new event that decides a condition alone ("performed within 7
+    days", "last performed more than 30 days ago") spares upkeep reading its events: the
+    membership and the timer come from the new event. One that does not ("at least twice")
+    has them read."""
+    p = project
+    now = ms(clock.now())
+    recent = ready(p, "Recent", {"event": "Clicked", "op": "performed", "within_days": 7})
+    lapsed = ready(
+        p, "Lapsed", {"event": "Clicked", "op": "last_performed", "more_than_days_ago": 30}
+    )
+    twice = ready(p, "Twice", {"event": "Purchased", "op": "performed", "count": {"gte": 2}})
+    p.send(identify("u"), track("u", "Clicked", now - 40 * DAY), track("u", "Purchased", now))
+    u = p.customer("u")
+    assert (p.members(recent), p.members(lapsed), p.members(twice)) == (set(), {u}, set())
+    asked: list[set[str]] = []
+    summaries = compiled.event_summaries
+
+    def spy(session: Session, **kw: Any) -> Any:
+        asked.append({c.name or "" for c in kw["wanted"]})
+        return summaries(session, **kw)
+
+    monkeypatch.setattr(compiled, "event_summaries", spy)
+    p.send(track("u", "Clicked", now - DAY))
+    assert asked in ([], [set()])
+    assert (p.members(recent), p.members(lapsed)) == ({u}, set())
+    assert p.timers() == {u: now - DAY + 7 * DAY + MS}
+    p.send(track("u", "Purchased", now))
+    assert asked[-1] == {"Purchased"}
+    assert p.members(twice) == {u}
+
+
 def test_a_new_customer_counts_the_events_of_its_first_chunk(project: Project) -> None:
     """A customer created by a chunk is evaluated on that chunk's events (its whole history);
     one it merges into is evaluated on everything stored plus what the chunk brought."""

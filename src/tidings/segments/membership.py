@@ -42,6 +42,7 @@ from tidings.segments.evaluate import (
     EPSILON,
     EventRow,
     Facts,
+    Summary,
     date_boundaries,
     event_key,
     instant_boundaries,
@@ -226,6 +227,7 @@ def load_facts(
     base: dict[int, Facts] | None = None,
     per_customer: dict[int, list[Node]] | None = None,
     hold: bool = False,
+    new_events: dict[int, list[tuple[Facet, EventRow]]] | None = None,
 ) -> dict[int, Facts]:
     """Everything the trees can look at, for these customers, in a few queries.
 
@@ -282,7 +284,7 @@ def load_facts(
     if per_customer is None:
         _load_events(bulk, project_id, facts, events, now)
     else:
-        _load_summaries(session, project_id, facts, per_customer, now)
+        _load_summaries(session, project_id, facts, per_customer, now, new_events or {})
     return facts
 
 
@@ -292,9 +294,11 @@ def _load_summaries(
     facts: dict[int, Facts],
     per_customer: dict[int, list[Node]],
     now: datetime,
+    new_events: dict[int, list[tuple[Facet, EventRow]]],
 ) -> None:
     """Per event condition, its count / first / last for the customers whose segments use it,
-    aggregated by the database (with the same filters the full computation compiles)."""
+    aggregated by the database (with the same filters the full computation compiles), unless
+    the customer's new events (`new_events`) decide it alone (`decided_summary`)."""
     wanted: dict[EventCond, list[int]] = defaultdict(list)
     of_tree: dict[int, tuple[EventCond, ...]] = {}
     for cid, trees in per_customer.items():
@@ -303,6 +307,12 @@ def _load_summaries(
             continue
         f.summaries_only = True
         seen: set[EventCond] = set()
+        new: dict[Facet, list[EventRow]] | None = None
+        mine = new_events.get(cid)
+        if mine:
+            new = defaultdict(list)
+            for facet, row in mine:
+                new[facet].append(row)
         for tree in trees:
             conds = of_tree.get(id(tree))
             if conds is None:
@@ -310,11 +320,51 @@ def _load_summaries(
             for c in conds:
                 if c not in seen:
                     seen.add(c)
+                    if new is not None:
+                        rows = new.get(event_facet(c))
+                        decided = decided_summary(c, rows, now) if rows else None
+                        if decided is not None:
+                            f.summaries[c] = decided
+                            continue
                     wanted[c].append(cid)
     for cond, cid, summary in sql.event_summaries(
         session, project_id=project_id, wanted=wanted, now=now
     ):
         facts[cid].summaries[cond] = summary
+
+
+def decided_summary(c: EventCond, rows: list[EventRow], now: datetime) -> Summary | None:
+    """A summary of the condition's events built from some of them (a customer's new ones,
+    stored with the rest), when those alone decide the condition as the full summary would;
+    else None.
+
+    Events only ever add to a customer's history, so its events' count and last instant are at
+    least those of some of them. That decides a condition that asks for at least N events (in
+    its window, or ever): it holds (not_performed: it does not) once some events reach N. It
+    decides a last_performed one once one of them is within its N days (the last is then
+    within them too). Its time flip, from the last event, is then never later than the true one
+    (a timer that comes early only evaluates again). Other conditions need all the events: at
+    most or exactly N, first_performed, and a window of days whose flip comes from its oldest
+    event."""
+    counted = counts(c)
+    n = 0
+    last: datetime | None = None
+    for row in rows:
+        if counted(row, now):
+            n += 1
+            if last is None or row.timestamp > last:
+                last = row.timestamp
+    if last is None:
+        return None
+    if c.recency is not None:
+        if c.op != "last_performed" or last < now - timedelta(days=c.recency[1]):
+            return None
+        return Summary(n, None, last)
+    if not c.count.lower_only() or not c.count.holds(n):
+        return None
+    if c.window.days is not None and not c.count.means_any():
+        return None
+    return Summary(n, None, last)
 
 
 def _load_events(
@@ -403,7 +453,13 @@ def refresh(
         return 0
     pairs = affected(changed, segments, base=base, events=events, now=clock.now())
     return evaluate_pairs(
-        session, project_id=project_id, pairs=pairs, base=base, source=source, skipped=skipped
+        session,
+        project_id=project_id,
+        pairs=pairs,
+        base=base,
+        source=source,
+        skipped=skipped,
+        events=events,
     )
 
 
@@ -479,6 +535,7 @@ def evaluate_pairs(
     source: str,
     skipped: dict[int, set[int]] | None = None,
     versions: dict[int, int] | None = None,
+    events: dict[int, list[tuple[Facet, EventRow]]] | None = None,
 ) -> int:
     """Evaluate each customer against its segments; write entries, exits and timers.
 
@@ -524,6 +581,7 @@ def evaluate_pairs(
             cid: [s.tree for s in segs] for cid, segs in pairs.items() if cid not in fresh
         },
         hold=held,
+        new_events=events,
     )
     verdicts: list[tuple[LiveSegment, int, bool]] = []
     rechecks: list[dict[str, int]] = []

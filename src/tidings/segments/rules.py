@@ -107,6 +107,10 @@ class Count:
                 return False
         return True
 
+    def lower_only(self) -> bool:
+        """Whether every bound is a lower one (gte / gt): more events never undo a hold."""
+        return all(key in ("gte", "gt") for key, _ in self.bounds)
+
     def means_any(self) -> bool:
         """Whether the bound asks for one event or more (lower bounds that one meets): the
         answer then changes with time only when the last event leaves the window."""

@@ -211,6 +211,8 @@ class Upkeep:
                 plan = _plan_of(session, plans, w.project_id)
                 plan.base.update(w.base)
                 plan.versions.update(w.versions)
+                for cid, new in w.events.items():
+                    plan.events[cid].extend(new)
                 plan.add(
                     membership.affected(
                         w.changed,
@@ -235,6 +237,7 @@ class Upkeep:
                     source="event",
                     skipped=skipped[pid],
                     versions=plan.versions,
+                    events=plan.events,
                 )
             done = [w.queued for w in work] + self._carried + [row_id for row_id, _, _ in rows]
             carried = _requeue(session, done, skipped)
@@ -250,6 +253,8 @@ class _Plan:
         self.base: dict[int, Facts] = {}
         self.versions: dict[int, int] = {}
         self.pairs: dict[int, list[LiveSegment]] = {}
+        # The new events of the chunks' customers (some of their events: `decided_summary`).
+        self.events: dict[int, list[tuple[Facet, EventRow]]] = defaultdict(list)
 
     def having(self, ids: set[int]) -> list[LiveSegment]:
         return [s for s in self.segments if s.id in ids]
