@@ -705,7 +705,12 @@ def incremental_facts(
 ) -> dict[int, Facts]:
     """Facts as incremental upkeep loads them: event conditions summarized by the database."""
     return membership.load_facts(
-        session, pid, ids, trees, now=now, per_customer=dict.fromkeys(ids, trees)
+        session,
+        pid,
+        ids,
+        trees,
+        now=now,
+        per_customer={cid: [membership.event_plan(t) for t in trees] for cid in ids},
     )
 
 
@@ -1057,7 +1062,15 @@ def test_conditions_on_one_event_are_summarized_each_over_its_own_events(db: Dat
         # u1 wants every other condition only.
         per_customer = {u0: trees, u1: trees[::2]}
         summarized = membership.load_facts(
-            session, pid, [u0, u1], trees, now=NOON, per_customer=per_customer
+            session,
+            pid,
+            [u0, u1],
+            trees,
+            now=NOON,
+            per_customer={
+                cid: [membership.event_plan(t) for t in wants]
+                for cid, wants in per_customer.items()
+            },
         )
     for cid in (u0, u1):
         for definition, tree in zip(conditions, trees, strict=True):

@@ -111,9 +111,7 @@ class LiveSegment:
     tree: Node
     facets: frozenset[Facet]
     timed: bool
-    # Its event conditions, each once, with the facet of their events and their test of one
-    # (`program.counts`).
-    events: tuple[tuple[EventCond, Facet, Counts], ...]
+    events: EventPlan  # its event conditions, each once (`event_plan`)
     profile_facets: frozenset[Facet]  # its facets other than events and pages
     settles: bool  # whether the profile alone can decide it (`evaluate.settles`)
     program: Program  # its tree, compiled
@@ -123,6 +121,16 @@ class LiveSegment:
 def event_conditions(tree: Node) -> tuple[EventCond, ...]:
     """The tree's event conditions, each once, in order (worked out once per tree)."""
     return tuple(dict.fromkeys(c for c in walk(tree) if isinstance(c, EventCond)))
+
+
+# A tree's event conditions, each with the facet of its events and its test of one event.
+EventPlan = tuple[tuple[EventCond, Facet, Counts], ...]
+
+
+@lru_cache(maxsize=4096)
+def event_plan(tree: Node) -> EventPlan:
+    """The tree's `EventPlan` (worked out once per tree)."""
+    return tuple((c, event_facet(c), counts(c)) for c in event_conditions(tree))
 
 
 # Parsed rules by (id, version, rules): ids can be reused (a test database, SQLite after a delete).
@@ -200,7 +208,7 @@ def live_segments(session: Session, project_id: int) -> list[LiveSegment]:
             trees[r.id],
             facets(trees[r.id]),
             is_timed(trees[r.id]),
-            tuple((c, event_facet(c), counts(c)) for c in event_conditions(trees[r.id])),
+            event_plan(trees[r.id]),
             frozenset(f for f in facets(trees[r.id]) if f[0] not in ("event", "page")),
             settles(trees[r.id]),
             program(trees[r.id]),
@@ -225,15 +233,17 @@ def load_facts(
     *,
     now: datetime,
     base: dict[int, Facts] | None = None,
-    per_customer: dict[int, list[Node]] | None = None,
+    per_customer: dict[int, list[EventPlan]] | None = None,
     hold: bool = False,
     new_events: dict[int, list[tuple[Facet, EventRow]]] | None = None,
 ) -> dict[int, Facts]:
     """Everything the trees can look at, for these customers, in a few queries.
 
     Event conditions get the customers' events (the reference evaluator derives everything
-    from them) or, given `per_customer` (the trees each customer is evaluated against), one
-    aggregate per condition from the database: far less to read and decode per chunk.
+    from them) or, given `per_customer` (the `event_plan` of each tree the customer is
+    evaluated against), one
+    aggregate per condition from the database, unless the customer's `new_events` decide it
+    (`decided_summary`): far less to read and decode per chunk.
     `hold` locks the customers read (not those in `base`, which the caller holds) until the
     transaction ends, for a caller that writes rows for them: none can be deleted meanwhile,
     and two writers evaluating one customer take turns (each reads what the other wrote).
@@ -292,48 +302,57 @@ def _load_summaries(
     session: Session,
     project_id: int,
     facts: dict[int, Facts],
-    per_customer: dict[int, list[Node]],
+    per_customer: dict[int, list[EventPlan]],
     now: datetime,
     new_events: dict[int, list[tuple[Facet, EventRow]]],
 ) -> None:
     """Per event condition, its count / first / last for the customers whose segments use it,
     aggregated by the database (with the same filters the full computation compiles), unless
     the customer's new events (`new_events`) decide it alone (`decided_summary`)."""
-    wanted: dict[EventCond, list[int]] = defaultdict(list)
-    of_tree: dict[int, tuple[EventCond, ...]] = {}
-    for cid, trees in per_customer.items():
+    # By the condition's id: a condition object serves every segment holding it (equal ones
+    # in different segments are gathered again by `wanted`).
+    by_id: dict[int, tuple[EventCond, list[int]]] = {}
+    for cid, plans in per_customer.items():
         f = facts.get(cid)
         if f is None:
             continue
         f.summaries_only = True
-        seen: set[EventCond] = set()
+        seen: set[int] = set()
         new: dict[Facet, list[EventRow]] | None = None
         mine = new_events.get(cid)
         if mine:
             new = defaultdict(list)
             for facet, row in mine:
                 new[facet].append(row)
-        for tree in trees:
-            conds = of_tree.get(id(tree))
-            if conds is None:
-                conds = of_tree[id(tree)] = event_conditions(tree)
-            for c in conds:
-                if c not in seen:
-                    seen.add(c)
-                    if new is not None:
-                        rows = new.get(event_facet(c))
-                        decided = decided_summary(c, rows, now) if rows else None
+        for plan in plans:
+            for c, facet, counted in plan:
+                key = id(c)
+                if key in seen:
+                    continue
+                seen.add(key)
+                if new is not None:
+                    rows = new.get(facet)
+                    if rows is not None:
+                        decided = decided_summary(c, rows, now, counted)
                         if decided is not None:
                             f.summaries[c] = decided
                             continue
-                    wanted[c].append(cid)
+                entry = by_id.get(key)
+                if entry is None:
+                    entry = by_id[key] = (c, [])
+                entry[1].append(cid)
+    wanted: dict[EventCond, list[int]] = defaultdict(list)
+    for c, ids in by_id.values():
+        wanted[c].extend(ids)
     for cond, cid, summary in sql.event_summaries(
         session, project_id=project_id, wanted=wanted, now=now
     ):
         facts[cid].summaries[cond] = summary
 
 
-def decided_summary(c: EventCond, rows: list[EventRow], now: datetime) -> Summary | None:
+def decided_summary(
+    c: EventCond, rows: list[EventRow], now: datetime, counted: Counts | None = None
+) -> Summary | None:
     """A summary of the condition's events built from some of them (a customer's new ones,
     stored with the rest), when those alone decide the condition as the full summary would;
     else None.
@@ -345,8 +364,9 @@ def decided_summary(c: EventCond, rows: list[EventRow], now: datetime) -> Summar
     within them too). Its time flip, from the last event, is then never later than the true one
     (a timer that comes early only evaluates again). Other conditions need all the events: at
     most or exactly N, first_performed, and a window of days whose flip comes from its oldest
-    event."""
-    counted = counts(c)
+    event. `counted` is the condition's `program.counts`, if the caller has it."""
+    if counted is None:
+        counted = counts(c)
     n = 0
     last: datetime | None = None
     for row in rows:
@@ -477,13 +497,18 @@ def affected(
         for f in s.facets:
             by_facet[f].append(i)
     pairs: dict[int, list[LiveSegment]] = {}
+    # The segments a set of facets reaches, in order: many customers touch the same facets.
+    reached: dict[frozenset[Facet | str], list[LiveSegment]] = {}
     for cid, touched in changed.items():
         if EVERYTHING in touched:
             pairs[cid] = segments
             continue
-        candidates = map(
-            segments.__getitem__, sorted({i for f in touched for i in by_facet.get(f, ())})
-        )
+        key = frozenset(touched)
+        candidates = reached.get(key)
+        if candidates is None:
+            candidates = reached[key] = [
+                segments[i] for i in sorted({i for f in touched for i in by_facet.get(f, ())})
+            ]
         if events is None:
             wanted = list(candidates)
         else:
@@ -578,7 +603,7 @@ def evaluate_pairs(
         now=now,
         base=base,
         per_customer={
-            cid: [s.tree for s in segs] for cid, segs in pairs.items() if cid not in fresh
+            cid: [s.events for s in segs] for cid, segs in pairs.items() if cid not in fresh
         },
         hold=held,
         new_events=events,
