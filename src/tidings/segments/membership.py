@@ -241,9 +241,8 @@ def load_facts(
 
     Event conditions get the customers' events (the reference evaluator derives everything
     from them) or, given `per_customer` (the `event_plan` of each tree the customer is
-    evaluated against), one
-    aggregate per condition from the database, unless the customer's `new_events` decide it
-    (`decided_summary`): far less to read and decode per chunk.
+    evaluated against), one aggregate per condition from the database, unless the customer's
+    `new_events` decide it (`decided_summary`): far less to read and decode per chunk.
     `hold` locks the customers read (not those in `base`, which the caller holds) until the
     transaction ends, for a caller that writes rows for them: none can be deleted meanwhile,
     and two writers evaluating one customer take turns (each reads what the other wrote).
@@ -574,7 +573,9 @@ def evaluate_pairs(
     The customers in `base` are the caller's, held by it, unless `skipped` is given: the
     caller then holds none of them. Each is taken here if no one else holds it, or else left
     out and added to `skipped` (with its segments' ids) for the caller to evaluate later; its
-    profile in `base` counts only if its row is still at the version in `versions`.
+    profile in `base` counts only if its row is still at the version in `versions`. `events`
+    are customers' new events (as `refresh` takes them): some of their events, whatever
+    happened since, so they decide what they decide (`decided_summary`) for any version.
     """
     if not pairs:
         return 0
