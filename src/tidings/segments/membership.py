@@ -308,15 +308,13 @@ def _load_summaries(
     """Per event condition, its count / first / last for the customers whose segments use it,
     aggregated by the database (with the same filters the full computation compiles), unless
     the customer's new events (`new_events`) decide it alone (`decided_summary`)."""
-    # By the condition's id: a condition object serves every segment holding it (equal ones
-    # in different segments are gathered again by `wanted`).
-    by_id: dict[int, tuple[EventCond, list[int]]] = {}
+    wanted: dict[EventCond, list[int]] = defaultdict(list)
     for cid, plans in per_customer.items():
         f = facts.get(cid)
         if f is None:
             continue
         f.summaries_only = True
-        seen: set[int] = set()
+        seen: set[EventCond] = set()
         new: dict[Facet, list[EventRow]] | None = None
         mine = new_events.get(cid)
         if mine:
@@ -325,24 +323,15 @@ def _load_summaries(
                 new[facet].append(row)
         for plan in plans:
             for c, facet, counted in plan:
-                key = id(c)
-                if key in seen:
+                if c in seen:
                     continue
-                seen.add(key)
-                if new is not None:
-                    rows = new.get(facet)
-                    if rows is not None:
-                        decided = decided_summary(c, rows, now, counted)
-                        if decided is not None:
-                            f.summaries[c] = decided
-                            continue
-                entry = by_id.get(key)
-                if entry is None:
-                    entry = by_id[key] = (c, [])
-                entry[1].append(cid)
-    wanted: dict[EventCond, list[int]] = defaultdict(list)
-    for c, ids in by_id.values():
-        wanted[c].extend(ids)
+                seen.add(c)
+                rows = new.get(facet) if new is not None else None
+                decided = decided_summary(c, rows, now, counted) if rows else None
+                if decided is not None:
+                    f.summaries[c] = decided
+                else:
+                    wanted[c].append(cid)
     for cond, cid, summary in sql.event_summaries(
         session, project_id=project_id, wanted=wanted, now=now
     ):
@@ -496,18 +485,13 @@ def affected(
         for f in s.facets:
             by_facet[f].append(i)
     pairs: dict[int, list[LiveSegment]] = {}
-    # The segments a set of facets reaches, in order: many customers touch the same facets.
-    reached: dict[frozenset[Facet | str], list[LiveSegment]] = {}
     for cid, touched in changed.items():
         if EVERYTHING in touched:
             pairs[cid] = segments
             continue
-        key = frozenset(touched)
-        candidates = reached.get(key)
-        if candidates is None:
-            candidates = reached[key] = [
-                segments[i] for i in sorted({i for f in touched for i in by_facet.get(f, ())})
-            ]
+        candidates = map(
+            segments.__getitem__, sorted({i for f in touched for i in by_facet.get(f, ())})
+        )
         if events is None:
             wanted = list(candidates)
         else:
