@@ -79,8 +79,8 @@ def settle_heap() -> None:
     700): each collection walks every young object still alive, and with live segments a chunk
     keeps many (profiles, facts, summaries, changes): at 10,000 the collections of a chunk of
     2,000 messages took about 6 ms with segments switched off and 16 ms with 50 live ones, at
-    50,000 about 1.5 and 2 to 5 ms. Called once by
-    `tidings serve` and `tidings worker` when they start.
+    50,000 about 1.5 and 2 to 5 ms. Called once by `tidings serve` and `tidings worker` when
+    they start.
     """
     gc.collect()
     gc.freeze()
