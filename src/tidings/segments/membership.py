@@ -353,6 +353,11 @@ def decided_summary(
     (a timer that comes early only evaluates again). Other conditions need all the events: at
     most or exactly N, first_performed, and a window of days whose flip comes from its oldest
     event. `counted` is the condition's `program.counts`, if the caller has it."""
+    if c.recency is not None:
+        if c.op != "last_performed":
+            return None
+    elif not c.count.lower_only() or (c.window.days is not None and not c.count.means_any()):
+        return None
     if counted is None:
         counted = counts(c)
     n = 0
@@ -365,14 +370,8 @@ def decided_summary(
     if last is None:
         return None
     if c.recency is not None:
-        if c.op != "last_performed" or last < now - timedelta(days=c.recency[1]):
-            return None
-        return Summary(n, None, last)
-    if not c.count.lower_only() or not c.count.holds(n):
-        return None
-    if c.window.days is not None and not c.count.means_any():
-        return None
-    return Summary(n, None, last)
+        return None if last < now - timedelta(days=c.recency[1]) else Summary(n, None, last)
+    return Summary(n, None, last) if c.count.holds(n) else None
 
 
 def _load_events(
