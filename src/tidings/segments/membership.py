@@ -315,18 +315,13 @@ def _load_summaries(
             continue
         f.summaries_only = True
         seen: set[EventCond] = set()
-        new: dict[Facet, list[EventRow]] | None = None
-        mine = new_events.get(cid)
-        if mine:
-            new = defaultdict(list)
-            for facet, row in mine:
-                new[facet].append(row)
+        new = events_by_facet(new_events.get(cid, ()))
         for plan in plans:
             for c, facet, counted in plan:
                 if c in seen:
                     continue
                 seen.add(c)
-                rows = new.get(facet) if new is not None else None
+                rows = new.get(facet)
                 decided = decided_summary(c, rows, now, counted) if rows else None
                 if decided is not None:
                     f.summaries[c] = decided
@@ -336,6 +331,14 @@ def _load_summaries(
         session, project_id=project_id, wanted=wanted, now=now
     ):
         facts[cid].summaries[cond] = summary
+
+
+def events_by_facet(events: Iterable[tuple[Facet, EventRow]]) -> dict[Facet, list[EventRow]]:
+    """A customer's new events grouped by their facet (("event", name) or ("page",))."""
+    grouped: dict[Facet, list[EventRow]] = defaultdict(list)
+    for facet, row in events:
+        grouped[facet].append(row)
+    return grouped
 
 
 def decided_summary(
@@ -494,9 +497,7 @@ def affected(
         if events is None:
             wanted = list(candidates)
         else:
-            new: dict[Facet, list[EventRow]] = defaultdict(list)
-            for f, row in events.get(cid, ()):
-                new[f].append(row)
+            new = events_by_facet(events.get(cid, ()))
             profile = base.get(cid) if base is not None else None
             seen: dict[EventCond, bool] = {}
             wanted = [s for s in candidates if _counted(s, touched, new, seen, profile, now)]
