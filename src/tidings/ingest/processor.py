@@ -555,7 +555,7 @@ def _refresh_segments(
     # an event their conditions count); a customer this chunk created has no history but the
     # chunk's, so its events are all here (unless upkeep runs beside the processor, which
     # reads every customer's events once it holds the customer).
-    events: dict[int, list[tuple[Any, EventRow]]] = defaultdict(list)
+    events: dict[int, membership.NewEvents] = defaultdict(dict)
     for p, raw in batch.rows.events:
         kind = raw["type"]
         f = p.final()
@@ -563,9 +563,8 @@ def _refresh_segments(
             continue
         row = EventRow(raw["timestamp"], raw["name"], raw["properties"], raw["context"])
         if f.id in stored:
-            events[f.id].append(
-                (("event", raw["name"] or "") if kind == "track" else ("page",), row)
-            )
+            facet = ("event", raw["name"] or "") if kind == "track" else ("page",)
+            events[f.id].setdefault(facet, []).append(row)
         elif deferred is None:
             key = (kind, raw["name"] if kind == "track" else None)
             base[f.id].events.setdefault(key, []).append(row)

@@ -123,6 +123,10 @@ def event_conditions(tree: Node) -> tuple[EventCond, ...]:
     return tuple(dict.fromkeys(c for c in walk(tree) if isinstance(c, EventCond)))
 
 
+# A customer's new events (some of its events, stored with the rest) by their facet
+# (("event", name) or ("page",)), as the processor gathers them from a chunk.
+NewEvents = dict[Facet, list[EventRow]]
+
 # A tree's event conditions, each with the facet of its events and its test of one event.
 EventPlan = tuple[tuple[EventCond, Facet, Counts], ...]
 
@@ -235,7 +239,7 @@ def load_facts(
     base: dict[int, Facts] | None = None,
     per_customer: dict[int, list[EventPlan]] | None = None,
     hold: bool = False,
-    new_events: dict[int, list[tuple[Facet, EventRow]]] | None = None,
+    new_events: dict[int, NewEvents] | None = None,
 ) -> dict[int, Facts]:
     """Everything the trees can look at, for these customers, in a few queries.
 
@@ -303,7 +307,7 @@ def _load_summaries(
     facts: dict[int, Facts],
     per_customer: dict[int, list[EventPlan]],
     now: datetime,
-    new_events: dict[int, list[tuple[Facet, EventRow]]],
+    new_events: dict[int, NewEvents],
 ) -> None:
     """Per event condition, its count / first / last for the customers whose segments use it,
     aggregated by the database (with the same filters the full computation compiles), unless
@@ -315,7 +319,7 @@ def _load_summaries(
             continue
         f.summaries_only = True
         seen: set[EventCond] = set()
-        new = events_by_facet(new_events.get(cid, ()))
+        new = new_events.get(cid, {})
         for plan in plans:
             for c, facet, counted in plan:
                 if c in seen:
@@ -331,14 +335,6 @@ def _load_summaries(
         session, project_id=project_id, wanted=wanted, now=now
     ):
         facts[cid].summaries[cond] = summary
-
-
-def events_by_facet(events: Iterable[tuple[Facet, EventRow]]) -> dict[Facet, list[EventRow]]:
-    """A customer's new events grouped by their facet (("event", name) or ("page",))."""
-    grouped: dict[Facet, list[EventRow]] = defaultdict(list)
-    for facet, row in events:
-        grouped[facet].append(row)
-    return grouped
 
 
 def decided_summary(
@@ -440,7 +436,7 @@ def refresh(
     changed: dict[int, set[Facet | str]],
     base: dict[int, Facts] | None = None,
     source: str = "event",
-    events: dict[int, list[tuple[Facet, EventRow]]] | None = None,
+    events: dict[int, NewEvents] | None = None,
     segments: list[LiveSegment] | None = None,
     skipped: dict[int, set[int]] | None = None,
 ) -> int:
@@ -478,7 +474,7 @@ def affected(
     segments: list[LiveSegment],
     *,
     base: dict[int, Facts] | None,
-    events: dict[int, list[tuple[Facet, EventRow]]] | None,
+    events: dict[int, NewEvents] | None,
     now: datetime,
 ) -> dict[int, list[LiveSegment]]:
     """The segments to evaluate for each customer, given what changed (see `refresh`)."""
@@ -497,7 +493,7 @@ def affected(
         if events is None:
             wanted = list(candidates)
         else:
-            new = events_by_facet(events.get(cid, ()))
+            new = events.get(cid, {})
             profile = base.get(cid) if base is not None else None
             seen: dict[EventCond, bool] = {}
             wanted = [s for s in candidates if _counted(s, touched, new, seen, profile, now)]
@@ -543,7 +539,7 @@ def evaluate_pairs(
     source: str,
     skipped: dict[int, set[int]] | None = None,
     versions: dict[int, int] | None = None,
-    events: dict[int, list[tuple[Facet, EventRow]]] | None = None,
+    events: dict[int, NewEvents] | None = None,
 ) -> int:
     """Evaluate each customer against its segments; write entries, exits and timers.
 

@@ -43,8 +43,8 @@ from sqlalchemy.orm import Session
 from tidings import clock
 from tidings.db import Database, table_of
 from tidings.segments import membership
-from tidings.segments.evaluate import EventRow, Facts
-from tidings.segments.membership import LiveSegment
+from tidings.segments.evaluate import Facts
+from tidings.segments.membership import LiveSegment, NewEvents
 from tidings.segments.models import SegmentUpkeep
 from tidings.segments.rules import Facet
 
@@ -63,7 +63,7 @@ class Work:
     project_id: int
     changed: dict[int, set[Facet | str]]
     base: dict[int, Facts]
-    events: dict[int, list[tuple[Facet, EventRow]]]
+    events: dict[int, NewEvents]
     queued: int  # its segment_upkeep row
     versions: dict[int, int]  # the row versions of the customers in `base`, as the chunk left them
 
@@ -212,7 +212,9 @@ class Upkeep:
                 plan.base.update(w.base)
                 plan.versions.update(w.versions)
                 for cid, new in w.events.items():
-                    plan.events[cid].extend(new)
+                    mine = plan.events[cid]
+                    for facet, facet_rows in new.items():
+                        mine.setdefault(facet, []).extend(facet_rows)
                 plan.add(
                     membership.affected(
                         w.changed,
@@ -254,7 +256,7 @@ class _Plan:
         self.versions: dict[int, int] = {}
         self.pairs: dict[int, list[LiveSegment]] = {}
         # The new events of the chunks' customers (some of their events: `decided_summary`).
-        self.events: dict[int, list[tuple[Facet, EventRow]]] = defaultdict(list)
+        self.events: dict[int, NewEvents] = defaultdict(dict)
 
     def having(self, ids: set[int]) -> list[LiveSegment]:
         return [s for s in self.segments if s.id in ids]
