@@ -1585,6 +1585,58 @@ def test_a_failed_round_leaves_its_customers_queued_for_recovery(
         assert p.id not in upkeep.pending(session)
 
 
+def test_a_row_that_keeps_failing_waits_longer_each_time_and_the_others_go_on(
+    project: Project, beside: Upkeep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = project
+    trial = ready(p, "Trial", TRIAL)
+    p.send(identify("x", {"plan": "free"}))
+    p.send(identify("y", {"plan": "free"}))
+    x, y = p.customer("x"), p.customer("y")
+    evaluate = membership.evaluate_pairs
+    broken = {x, y}
+    tried: list[set[int]] = []
+
+    def failing(*args: Any, **kwargs: Any) -> int:
+        customers = set(kwargs["pairs"])
+        tried.append(customers)
+        if customers & broken:
+            raise RuntimeError("cannot evaluate this customer")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(membership, "evaluate_pairs", failing)
+    p.send(identify("x", {"plan": "trial"}), beside=beside)
+    p.send(identify("y", {"plan": "trial"}), beside=beside)
+    beside.wait()
+    assert p.queued() == [[x], [y]]
+
+    def recover() -> list[set[int]]:
+        tried.clear()
+        beside.recover(older_than=timedelta(0))
+        return list(tried)
+
+    # Together, then each on its own: both fail and wait RETRY.
+    assert recover() == [{x, y}, {x}, {y}]
+    broken.discard(y)
+    assert recover() == []
+    clock.advance(upkeep.RETRY)
+    assert recover() == [{x, y}, {x}, {y}]  # y is done; x now waits twice as long
+    assert p.members(trial) == {y}
+    assert p.queued() == [[x]]
+    clock.advance(upkeep.RETRY)
+    assert recover() == []
+    clock.advance(upkeep.RETRY)
+    assert recover() == [{x}, {x}]  # and then four times as long
+    broken.clear()
+    clock.advance(3 * upkeep.RETRY)
+    assert recover() == []
+    clock.advance(upkeep.RETRY)
+    assert recover() == [{x}]
+    assert p.members(trial) == {x, y}
+    assert p.queued() == []
+    assert recover() == []
+
+
 def api_traits(p: Project, customer_id: int, traits: dict[str, Any]) -> None:
     """An edit through the API, and its segment refresh job (another worker's, say)."""
     with p.db.session(write=True) as session:

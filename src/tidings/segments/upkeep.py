@@ -22,7 +22,8 @@ while a round runs, and `wait` catches up.
 Nothing acknowledged is lost: the queue row of a chunk goes in the chunk's transaction and out
 in the transaction of the round that evaluated it (or that queued its skipped customers
 again). A row left behind (a crash, a failed round) is evaluated again by `recover`, every
-segment for each of its customers.
+segment for each of its customers; a row that fails again on its own waits longer each time
+before the next attempt (`RETRY`), and is never dropped.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from psycopg.errors import DeadlockDetected
 from sqlalchemy import delete, func, insert, select
@@ -54,6 +55,10 @@ ATTEMPTS = 3  # a round that meets a deadlock runs again
 STALE = timedelta(seconds=30)  # a queue row this old belongs to no running round
 RECOVER_BATCH = 100
 BEHIND = 4  # chunks waiting for a round before the processor waits for the running one
+# A recovered row that fails on its own waits this long before its next attempt, twice as long
+# after each failure, up to RETRY_MAX.
+RETRY = timedelta(seconds=5)
+RETRY_MAX = timedelta(hours=1)
 
 
 @dataclass(slots=True)
@@ -99,6 +104,8 @@ class Upkeep:
         self._carried: list[int] = []
         self._pending: list[Work] = []
         self._behind = 0  # chunks submitted since the last round started
+        # Queue rows that failed on their own in `recover`: their failures and next attempt.
+        self._failing: dict[int, tuple[int, datetime]] = {}
 
     def submit(self, work: list[Work]) -> None:
         """Evaluate `work` (of a committed chunk) in the next round, which `start` starts.
@@ -174,29 +181,48 @@ class Upkeep:
 
     def recover(self, *, older_than: timedelta = STALE) -> int:
         """Evaluate queue rows no round is working on (left by a crash or a failed round):
-        every segment for each of their customers. Returns the rows done."""
+        every segment for each of their customers. Returns the rows tried. A row that fails
+        on its own is tried again after `RETRY`, then twice as long after each failure."""
         self._finish_round()
         t = table_of(SegmentUpkeep)
+        now = clock.now()
+        waiting = [rid for rid, (_, at) in self._failing.items() if at > now]
         with self.db.session() as session:
             rows = session.execute(
                 select(t.c.id, t.c.project_id, t.c.customer_ids)
                 .where(
-                    t.c.created_at <= clock.now() - older_than,
-                    t.c.id.not_in(self._carried),
+                    t.c.created_at <= now - older_than,
+                    t.c.id.not_in(self._carried + waiting),
                 )
                 .order_by(t.c.id)
                 .limit(RECOVER_BATCH)
             ).all()
+            if self._failing:  # rows done meanwhile (another worker's round, say)
+                left = set(
+                    session.execute(select(t.c.id).where(t.c.id.in_(self._failing))).scalars()
+                )
+                self._failing = {rid: v for rid, v in self._failing.items() if rid in left}
         batch = [(r.id, r.project_id, list(r.customer_ids)) for r in rows]
         if not batch:
             return 0
         if self._run([], batch):
             self.wait()
-        else:
-            # One row may be what fails: the others are not kept waiting on it.
-            for row in batch:
-                if self._run([], [row]):
-                    self.wait()
+            for row_id, _, _ in batch:
+                self._failing.pop(row_id, None)
+            return len(rows)
+        # One row may be what fails: the others are not kept waiting on it.
+        for row in batch:
+            if self._run([], [row]):
+                self.wait()
+                self._failing.pop(row[0], None)
+                continue
+            failures = self._failing.get(row[0], (0, now))[0] + 1
+            pause = min(RETRY_MAX, RETRY * 2 ** min(failures - 1, 16))
+            self._failing[row[0]] = (failures, clock.now() + pause)
+            log.warning(
+                "segment upkeep row failed again; next attempt later",
+                extra={"row": row[0], "failures": failures, "retry_in": pause.total_seconds()},
+            )
         return len(rows)
 
     def _round_once(self, work: list[Work], rows: Sequence[tuple[int, int, list[int]]]) -> None:
