@@ -4,6 +4,6 @@ Owns the `jobs` table and the `domain_events` outbox. Handlers live with their d
 are registered by worker/.
 """
 
-from tidings.jobs.service import claim, complete, enqueue, fail, publish
+from tidings.jobs.service import claim, complete, enqueue, fail, publish, retry_delay
 
-__all__ = ["claim", "complete", "enqueue", "fail", "publish"]
+__all__ = ["claim", "complete", "enqueue", "fail", "publish", "retry_delay"]

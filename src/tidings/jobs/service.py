@@ -13,6 +13,9 @@ from tidings import clock
 from tidings.db.bulk import Bulk
 from tidings.jobs.models import Job
 
+RETRY_FIRST = timedelta(seconds=5)
+RETRY_MAX = timedelta(hours=1)
+
 
 def enqueue(
     session: Session,
@@ -81,6 +84,13 @@ def complete(session: Session, *, job_id: int) -> None:
     )
 
 
+def retry_delay(failures: int) -> timedelta:
+    """How long background work waits after its `failures`-th failure in a row before it is
+    tried again: 5 seconds after the first, twice as long after each next one, at most an
+    hour."""
+    return min(RETRY_MAX, RETRY_FIRST * (1 << min(max(failures, 1) - 1, 16)))
+
+
 def fail(session: Session, *, job_id: int, error: str, transient: bool) -> None:
     """Record a failure: transient ones retry with exponential backoff until max_attempts."""
     job = session.get(Job, job_id)
@@ -91,7 +101,7 @@ def fail(session: Session, *, job_id: int, error: str, transient: bool) -> None:
     job.locked_until = None
     if transient and job.attempts < job.max_attempts:
         job.status = "queued"
-        job.run_at = clock.now() + timedelta(seconds=min(3600, 2**job.attempts * 5))
+        job.run_at = clock.now() + retry_delay(job.attempts + 1)
     else:
         job.status = "failed"
         job.dedupe_key = None

@@ -41,7 +41,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from tidings import clock
+from tidings import clock, jobs
 from tidings.db import Database, table_of
 from tidings.segments import membership
 from tidings.segments.evaluate import Facts
@@ -55,10 +55,9 @@ ATTEMPTS = 3  # a round that meets a deadlock runs again
 STALE = timedelta(seconds=30)  # a queue row this old belongs to no running round
 RECOVER_BATCH = 100
 BEHIND = 4  # chunks waiting for a round before the processor waits for the running one
-# A recovered row that fails on its own waits this long before its next attempt, twice as long
-# after each failure, up to RETRY_MAX.
-RETRY = timedelta(seconds=5)
-RETRY_MAX = timedelta(hours=1)
+# A recovered row that fails on its own waits this long before its next attempt, then longer
+# after each failure, as jobs do (`jobs.retry_delay`).
+RETRY = jobs.retry_delay(1)
 
 
 @dataclass(slots=True)
@@ -217,7 +216,7 @@ class Upkeep:
                 self._failing.pop(row[0], None)
                 continue
             failures = self._failing.get(row[0], (0, now))[0] + 1
-            pause = min(RETRY_MAX, RETRY * 2 ** min(failures - 1, 16))
+            pause = jobs.retry_delay(failures)
             self._failing[row[0]] = (failures, clock.now() + pause)
             log.warning(
                 "segment upkeep row failed again; next attempt later",
