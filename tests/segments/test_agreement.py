@@ -1437,3 +1437,100 @@ def test_new_events_decide_lower_bounds_only(
     assert (decided is not None) is decides
     if decided is not None:
         assert (decided.count, decided.last) == (1, at)
+
+
+# -- events that move a tree one way ----------------------------------------------------------
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(data=st.data())
+def test_events_that_move_a_tree_one_way_keep_a_membership_now_and_later(
+    data: st.DataObject,
+) -> None:
+    """Where every condition that some new events count moves the tree the same way
+    (`evaluate.event_directions`), those events never take a member out (1) or never bring a
+    non-member in (-1), now or at any later instant: segment upkeep leaves such a membership
+    alone, and the customer's timer as it was."""
+    now = data.draw(st.sampled_from(NOWS))
+    shapes = st.one_of(event_conditions_of_every_kind(now), trees(now), timed_trees(now))
+    tree = rules.parse(data.draw(shapes))
+    if data.draw(st.booleans()):  # through another segment
+        outer = {"segment": 1, "op": data.draw(st.sampled_from(["in", "not_in"]))}
+        if data.draw(st.booleans()):
+            outer = {data.draw(st.sampled_from(["all", "any"])): [outer, data.draw(shapes)]}
+        tree = rules.resolve(rules.parse(outer), {1: tree}.get)
+    # Old and new events, more of them of the events the tree looks at.
+    keys = sorted({evaluate.event_key(c) for c in rules.walk(tree) if isinstance(c, EventCond)})
+    old, new = data.draw(event_rows(now)), data.draw(event_rows(now))
+    for rows in (old, new):
+        if keys:
+            key = data.draw(st.sampled_from(keys))
+            rows.setdefault(key, []).extend(data.draw(event_rows(now, key)).get(key, []))
+    profile = {
+        "traits": normalize_traits(data.draw(st.fixed_dictionaries(trait_values(now)))),
+        "tags": set(data.draw(st.lists(st.sampled_from(TAGS)))),
+        "groups": [
+            (gid, data.draw(group_traits(now)))
+            for gid in data.draw(st.lists(st.sampled_from(GROUP_IDS), unique=True))
+        ],
+        "ltv_units": data.draw(st.sampled_from([0, 100_000, 300_000])),
+    }
+    ways = evaluate.event_directions(tree)
+    counted = {
+        ways[c]
+        for c in rules.walk(tree)
+        if isinstance(c, EventCond)
+        and any(evaluate.counts(c, row, now) for row in new.get(evaluate.event_key(c), ()))
+    }
+    if len(counted) != 1 or 0 in counted:
+        return
+    (way,) = counted
+    both = {key: old.get(key, []) + new.get(key, []) for key in {*old, *new}}
+    for later in (timedelta(0), US, HOUR, 8 * DAY, 400 * DAY):
+        before = evaluate.holds(tree, Facts(id=7, events=old, **profile), now + later)
+        after = evaluate.holds(tree, Facts(id=7, events=both, **profile), now + later)
+        if way > 0:
+            assert after or not before
+        else:
+            assert before or not after
+
+
+@pytest.mark.parametrize(
+    ("definition", "way"),
+    [
+        ({"event": "Clicked", "op": "performed"}, 1),
+        ({"event": "Clicked", "op": "performed", "count": {"gte": 3}, "within_days": 7}, 1),
+        ({"event": "Clicked", "op": "performed", "count": {"gt": 0, "gte": 2}}, 1),
+        ({"event": "Clicked", "op": "performed", "count": {"lte": 2}}, -1),
+        ({"event": "Clicked", "op": "performed", "count": {"lt": 2}, "within_days": 7}, -1),
+        ({"event": "Clicked", "op": "performed", "count": {"eq": 1}}, 0),
+        ({"event": "Clicked", "op": "performed", "count": {"gte": 1, "lte": 3}}, 0),
+        ({"event": "Clicked", "op": "not_performed", "within_days": 30}, -1),
+        ({"event": "Clicked", "op": "last_performed", "within_days": 7}, 1),
+        ({"event": "Clicked", "op": "last_performed", "more_than_days_ago": 7}, 0),
+        ({"event": "Clicked", "op": "first_performed", "within_days": 7}, 0),
+        ({"event": "Clicked", "op": "first_performed", "more_than_days_ago": 7}, 1),
+        ({"page": "path", "op": "starts_with", "value": "/docs", "within_days": 30}, 1),
+        ({"not": {"event": "Clicked", "op": "performed"}}, -1),
+        ({"not": {"not": {"event": "Clicked", "op": "not_performed"}}}, -1),
+        ({"any": [{"event": "Clicked", "op": "performed"}, {"tag": "vip", "op": "has"}]}, 1),
+        (
+            {
+                "all": [
+                    {"event": "Clicked", "op": "performed"},
+                    {"not": {"event": "Clicked", "op": "performed"}},
+                ]
+            },
+            0,
+        ),
+    ],
+)
+def test_the_way_more_events_move_a_condition(definition: Definition, way: int) -> None:
+    tree = rules.parse(definition)
+    ways = evaluate.event_directions(tree)
+    assert set(ways.values()) == {way}
+    # Through another segment: as it is for "in", the other way for "not in".
+    for op, sign in (("in", 1), ("not_in", -1)):
+        outer = rules.parse({"all": [{"segment": 1, "op": op}, {"tag": "vip", "op": "has"}]})
+        through = evaluate.event_directions(rules.resolve(outer, {1: tree}.get))
+        assert set(through.values()) == {way * sign}

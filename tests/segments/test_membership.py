@@ -35,6 +35,7 @@ from tidings.jobs.models import DomainEvent, Job
 from tidings.segments import compile as compiled
 from tidings.segments import membership, upkeep
 from tidings.segments import service as segments
+from tidings.segments.evaluate import Facts
 from tidings.segments.models import (
     Segment,
     SegmentGrowth,
@@ -1761,6 +1762,74 @@ def test_a_round_that_finds_its_segment_edited_leaves_it_to_the_computation(
     p.run_jobs()
     assert p.changes(sid) == []
     assert p.members(sid) == set()
+
+
+CLICKED_NEVER_BOUGHT = {
+    "all": [
+        {"event": "Clicked", "op": "performed", "within_days": 7},
+        {"not": {"event": "Bought", "op": "performed"}},
+    ]
+}
+
+
+def evaluated_customers(monkeypatch: pytest.MonkeyPatch) -> list[set[int]]:
+    """The customers each `membership.load_facts` call reads facts for, from now on."""
+    calls: list[set[int]] = []
+    load = membership.load_facts
+
+    def spy(
+        session: Session, project_id: int, customer_ids: Iterable[int], *a: Any, **k: Any
+    ) -> dict[int, Facts]:
+        ids = set(customer_ids)
+        calls.append(ids)
+        return load(session, project_id, ids, *a, **k)
+
+    monkeypatch.setattr(membership, "load_facts", spy)
+    return calls
+
+
+def test_new_events_that_cannot_change_a_membership_leave_it_unevaluated(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member clicking again stays a member, a non-member buying again stays out: neither is
+    evaluated. A member buying, or a non-member clicking, is."""
+    p = project
+    sid = ready(p, "Clicked this week, never bought", CLICKED_NEVER_BOUGHT)
+    p.send(track("x", "Clicked"), track("y", "Clicked"), track("y", "Bought"))
+    p.send(track("z", "Viewed"))
+    x, y, z = p.customer("x"), p.customer("y"), p.customer("z")
+    assert p.members(sid) == {x}
+    timers = p.timers()
+    assert x in timers
+    calls = evaluated_customers(monkeypatch)
+    p.send(track("x", "Clicked"), track("y", "Bought"))
+    assert not any(c & {x, y} for c in calls)
+    assert p.members(sid) == {x}
+    assert p.timers() == timers
+    p.send(track("x", "Bought"), track("z", "Clicked"))
+    assert {x, z} <= set().union(*calls)
+    assert p.members(sid) == {z}
+    assert p.changes(sid) == [(x, "entered"), (x, "exited"), (z, "entered")]
+
+
+def test_a_round_evaluates_a_pair_that_its_chunks_move_both_ways(
+    project: Project, beside: Upkeep
+) -> None:
+    """One chunk's new click alone would leave member x alone; the next chunk's purchase, in the
+    same round, can take it out: the round evaluates x, and x leaves."""
+    p = project
+    sid = ready(p, "Clicked this week, never bought", CLICKED_NEVER_BOUGHT)
+    p.send(track("x", "Clicked"), beside=beside)
+    beside.wait()
+    x = p.customer("x")
+    assert p.members(sid) == {x}
+    first = p.apply([track("x", "Clicked")], deferred=True)
+    second = p.apply([track("x", "Bought")], deferred=True)
+    beside.submit(first)
+    beside.submit(second)
+    beside.wait()  # one round takes both chunks
+    assert p.members(sid) == set()
+    assert p.changes(sid) == [(x, "entered"), (x, "exited")]
 
 
 def lock_waits(db: Database) -> int:

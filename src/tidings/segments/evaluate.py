@@ -476,6 +476,46 @@ def settles(node: Node) -> bool:
     return isinstance(node, TraitCond | RevenueCond | AudienceCond | RandomCond)
 
 
+def growth(c: EventCond) -> int:
+    """How more of the events a condition counts move its answer at any one instant: 1 when
+    they can make it hold and never undo it (at least N, last within N days, first more than N
+    days ago), -1 when they can only undo it (not performed, at most N), 0 when either."""
+    if c.recency is not None:
+        within = c.recency[0] == "within_days"
+        # The last only comes later, the first only earlier (or appears).
+        return int(within) if c.op == "last_performed" else int(not within)
+    keys = {key for key, _ in c.count.bounds}
+    if keys <= {"gte", "gt"}:
+        way = 1
+    elif keys <= {"lte", "lt"}:
+        way = -1
+    else:
+        return 0
+    return -way if c.op == "not_performed" else way
+
+
+def event_directions(node: Node) -> dict[EventCond, int]:
+    """Each event condition's `growth` as the whole tree sees it: reversed under `not` and
+    "not in" another segment, 0 where it counts both ways. When every condition that a
+    customer's new events count moves the tree the same way, those events can only bring the
+    customer in (1) or only take it out (-1): a member stays one, or a non-member stays out."""
+    out: dict[EventCond, int] = {}
+    stack: list[tuple[Node, int]] = [(node, 1)]
+    while stack:
+        n, sign = stack.pop()
+        if isinstance(n, Group):
+            stack.extend((c, sign) for c in n.children)
+        elif isinstance(n, Not):
+            stack.append((n.child, -sign))
+        elif isinstance(n, SegmentCond):
+            if n.rules is not None:
+                stack.append((n.rules, sign if n.inside else -sign))
+        elif isinstance(n, EventCond):
+            way = growth(n) * sign
+            out[n] = way if out.get(n, way) == way else 0
+    return out
+
+
 def next_change(node: Node, facts: Facts, now: datetime) -> datetime | None:
     """The earliest future instant at which time alone may change the tree: a boundary of a
     time-based condition whose guards hold (see `rules.timed_conditions`)."""

@@ -44,6 +44,7 @@ from tidings.segments.evaluate import (
     Facts,
     Summary,
     date_boundaries,
+    event_directions,
     event_key,
     instant_boundaries,
     settles,
@@ -127,14 +128,16 @@ def event_conditions(tree: Node) -> tuple[EventCond, ...]:
 # (("event", name) or ("page",)), as the processor gathers them from a chunk.
 NewEvents = dict[Facet, list[EventRow]]
 
-# A tree's event conditions, each with the facet of its events and its test of one event.
-EventPlan = tuple[tuple[EventCond, Facet, Counts], ...]
+# A tree's event conditions, each with the facet of its events, its test of one event and the
+# way more of them move the tree (`evaluate.event_directions`).
+EventPlan = tuple[tuple[EventCond, Facet, Counts, int], ...]
 
 
 @lru_cache(maxsize=4096)
 def event_plan(tree: Node) -> EventPlan:
     """The tree's `EventPlan` (worked out once per tree)."""
-    return tuple((c, event_facet(c), counts(c)) for c in event_conditions(tree))
+    ways = event_directions(tree)
+    return tuple((c, event_facet(c), counts(c), ways[c]) for c in event_conditions(tree))
 
 
 # Parsed rules by (id, version, rules): ids can be reused (a test database, SQLite after a delete).
@@ -321,7 +324,7 @@ def _load_summaries(
         seen: set[EventCond] = set()
         new = new_events.get(cid, {})
         for plan in plans:
-            for c, facet, counted in plan:
+            for c, facet, counted, _ in plan:
                 if c in seen:
                     continue
                 seen.add(c)
@@ -448,8 +451,11 @@ def refresh(
     event one of its conditions counts (any other leaves every condition as it was), and the
     profile in `base` does not settle it whatever the events (`evaluate.settled`). A customer
     whose facts in `base` are `fresh` (created by this chunk) is evaluated on those facts'
-    events, without reading its events, memberships or timers. `segments` are the project's
-    `live_segments` when the caller has just read them. `skipped`: see `evaluate_pairs`.
+    events, without reading its events, memberships or timers. A segment that only new events
+    touch, all counted by conditions that move it the same way (`evaluate.event_directions`),
+    is evaluated only if the customer's membership is one they can change (`keeps`).
+    `segments` are the project's `live_segments` when the caller has just read them.
+    `skipped`: see `evaluate_pairs`.
     """
     if not changed:
         return 0
@@ -457,7 +463,8 @@ def refresh(
         segments = live_segments(session, project_id)
     if not segments:
         return 0
-    pairs = affected(changed, segments, base=base, events=events, now=clock.now())
+    keeps: Keeps = {}
+    pairs = affected(changed, segments, base=base, events=events, now=clock.now(), keeps=keeps)
     return evaluate_pairs(
         session,
         project_id=project_id,
@@ -466,7 +473,13 @@ def refresh(
         source=source,
         skipped=skipped,
         events=events,
+        keeps=keeps,
     )
+
+
+# Pairs (segment id, customer id) whose new events cannot change one membership: True, a
+# member stays one; False, a non-member stays out (`affected`).
+Keeps = dict[tuple[int, int], bool]
 
 
 def affected(
@@ -476,8 +489,10 @@ def affected(
     base: dict[int, Facts] | None,
     events: dict[int, NewEvents] | None,
     now: datetime,
+    keeps: Keeps | None = None,
 ) -> dict[int, list[LiveSegment]]:
-    """The segments to evaluate for each customer, given what changed (see `refresh`)."""
+    """The segments to evaluate for each customer, given what changed (see `refresh`). Those
+    its new events can move one way only go to `keeps` as well, if given."""
     by_facet: dict[Facet | str, list[int]] = defaultdict(list)
     for i, s in enumerate(segments):
         for f in s.facets:
@@ -496,7 +511,14 @@ def affected(
             new = events.get(cid, {})
             profile = base.get(cid) if base is not None else None
             seen: dict[EventCond, bool] = {}
-            wanted = [s for s in candidates if _counted(s, touched, new, seen, profile, now)]
+            wanted = []
+            for s in candidates:
+                way = _counted(s, touched, new, seen, profile, now)
+                if way is None:
+                    continue
+                wanted.append(s)
+                if way and keeps is not None:
+                    keeps[s.id, cid] = way > 0
         if wanted:
             pairs[cid] = wanted
     return pairs
@@ -509,14 +531,18 @@ def _counted(
     seen: dict[EventCond, bool],
     profile: Facts | None,
     now: datetime,
-) -> bool:
-    """Whether a change can affect the segment: one of its facets other than events changed,
-    or one of the new events (by facet) is one its event conditions counts, unless the
-    profile (`profile`, as the chunk left it) settles the segment whatever the events.
-    `seen` remembers, for this customer, whether a condition counts one of the new events."""
+) -> int | None:
+    """Whether a change can affect the segment, and how: None if it cannot, 0 if it can either
+    way, 1 if it can only bring the customer in, -1 only take it out. It can when one of the
+    segment's facets other than events changed (either way), or when one of the new events (by
+    facet) is one of its event conditions counts (the way of those conditions, if they share
+    one: `evaluate.event_directions`), unless the profile (`profile`, as the chunk left it)
+    settles the segment whatever the events. `seen` remembers, for this customer, whether a
+    condition counts one of the new events."""
     if not s.profile_facets.isdisjoint(touched):
-        return True
-    for c, facet, counted in s.events:
+        return 0
+    way: int | None = None
+    for c, facet, counted, grows in s.events:
         hit = seen.get(c)
         if hit is None:
             hit = False
@@ -526,8 +552,14 @@ def _counted(
                     break
             seen[c] = hit
         if hit:
-            return profile is None or not s.settles or s.program.settled(profile, now) is None
-    return False
+            way = grows if way is None or way == grows else 0
+            if not way:
+                break
+    if way is None:
+        return None
+    if profile is not None and s.settles and s.program.settled(profile, now) is not None:
+        return None
+    return way
 
 
 def evaluate_pairs(
@@ -540,6 +572,7 @@ def evaluate_pairs(
     skipped: dict[int, set[int]] | None = None,
     versions: dict[int, int] | None = None,
     events: dict[int, NewEvents] | None = None,
+    keeps: Keeps | None = None,
 ) -> int:
     """Evaluate each customer against its segments; write entries, exits and timers.
 
@@ -556,6 +589,12 @@ def evaluate_pairs(
     profile in `base` counts only if its row is still at the version in `versions`. `events`
     are customers' new events (as `refresh` takes them): some of their events, whatever
     happened since, so they decide what they decide (`decided_summary`) for any version.
+
+    A pair in `keeps` (from `affected`) is left out when the customer's membership is the
+    one its new events cannot change. Either the membership was right before them, and they
+    keep it so, or it was not, and what made it wrong evaluates the customer again (its timer,
+    or the change still to be evaluated). A customer's timer stays as it is: events that move
+    a segment one way only ever bring its next time flip later.
     """
     if not pairs:
         return 0
@@ -575,7 +614,28 @@ def evaluate_pairs(
         }
     used = {s.id: s for segs in pairs.values() for s in segs}
     fresh = {cid for cid, f in (base or {}).items() if held and f.fresh and cid in pairs}
+    seen_as = dict(used)  # the segments as `affected` saw them: `keeps` are theirs
     _hold_segments(session, project_id, used, pairs)
+    bulk = Bulk(session)
+    current: set[tuple[int, int]] = set()  # memberships among the pairs of `probed`
+    probed: set[int] = set()
+    if keeps:
+        # The customers held already (the caller's in `base`, or all once taken): memberships
+        # are read under the customer's lock, as every writer reads them.
+        probed = {cid for cid in pairs if cid not in fresh and (not held or cid in (base or ()))}
+        current = members_among(bulk, [(s.id, cid) for cid in probed for s in pairs[cid]])
+        for cid in probed:
+            left = [
+                s
+                for s in pairs[cid]
+                if s.status == "computing"
+                or s is not seen_as[s.id]
+                or keeps.get((s.id, cid)) != ((s.id, cid) in current)
+            ]
+            if left:
+                pairs[cid] = left
+            else:
+                del pairs[cid]
     facts = load_facts(
         session,
         project_id,
@@ -612,9 +672,8 @@ def evaluate_pairs(
             firsts[cid] = first
     # A customer this chunk created has no memberships or timer yet (the caller has held it
     # since it was created).
-    ids = sorted(cid for cid in facts if cid not in fresh)
-    bulk = Bulk(session)
-    current = members_among(bulk, [(s.id, cid) for cid in ids for s in pairs[cid]])
+    ids = sorted(cid for cid in facts if cid not in fresh and cid not in probed)
+    current |= members_among(bulk, [(s.id, cid) for cid in ids for s in pairs[cid]])
     changes = [
         Change(s, cid, inside) for s, cid, inside in verdicts if inside != ((s.id, cid) in current)
     ]

@@ -45,7 +45,7 @@ from tidings import clock, jobs
 from tidings.db import Database, table_of
 from tidings.segments import membership
 from tidings.segments.evaluate import Facts
-from tidings.segments.membership import LiveSegment, NewEvents
+from tidings.segments.membership import Keeps, LiveSegment, NewEvents
 from tidings.segments.models import SegmentUpkeep
 from tidings.segments.rules import Facet
 
@@ -240,6 +240,7 @@ class Upkeep:
                     mine = plan.events[cid]
                     for facet, facet_rows in new.items():
                         mine.setdefault(facet, []).extend(facet_rows)
+                keeps: Keeps = {}
                 plan.add(
                     membership.affected(
                         w.changed,
@@ -247,7 +248,9 @@ class Upkeep:
                         base=w.base or None,
                         events=w.events if w.base else None,
                         now=now,
-                    )
+                        keeps=keeps,
+                    ),
+                    keeps,
                 )
             for pid, customers in self._carry.items():
                 plan = _plan_of(session, plans, pid)
@@ -265,6 +268,7 @@ class Upkeep:
                     skipped=skipped[pid],
                     versions=plan.versions,
                     events=plan.events,
+                    keeps=plan.keeps,
                 )
             done = [w.queued for w in work] + self._carried + [row_id for row_id, _, _ in rows]
             carried = _requeue(session, done, skipped)
@@ -282,20 +286,33 @@ class _Plan:
         self.pairs: dict[int, list[LiveSegment]] = {}
         # The new events of the chunks' customers (some of their events: `decided_summary`).
         self.events: dict[int, NewEvents] = defaultdict(dict)
+        # The pairs that every chunk adding them left one membership unchanged for.
+        self.keeps: Keeps = {}
 
     def having(self, ids: set[int]) -> list[LiveSegment]:
         return [s for s in self.segments if s.id in ids]
 
-    def add(self, pairs: dict[int, list[LiveSegment]]) -> None:
+    def add(self, pairs: dict[int, list[LiveSegment]], keeps: Keeps | None = None) -> None:
+        """Add customers' segments to evaluate; `keeps` of theirs (see `membership.Keeps`)
+        hold for the round only if every chunk that adds the pair has the same."""
         for cid, segs in pairs.items():
             if not segs:
                 continue
             have = self.pairs.get(cid)
+            known: set[int] = set()
             if have is None:
                 self.pairs[cid] = list(segs)
             else:
                 known = {s.id for s in have}
                 have.extend(s for s in segs if s.id not in known)
+            for s in segs:
+                key = (s.id, cid)
+                way = None if keeps is None else keeps.get(key)
+                if s.id not in known:
+                    if way is not None:
+                        self.keeps[key] = way
+                elif self.keeps.get(key) != way:
+                    self.keeps.pop(key, None)
 
 
 def _plan_of(session: Session, plans: dict[int, _Plan], project_id: int) -> _Plan:
