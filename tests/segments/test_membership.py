@@ -1792,12 +1792,16 @@ def test_new_events_that_cannot_change_a_membership_leave_it_unevaluated(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A member clicking again stays a member, a non-member buying again stays out: neither is
-    evaluated. A member buying, or a non-member clicking, is."""
+    evaluated. A member buying, or a non-member clicking, is; so is a member buying and
+    clicking (the click alone would leave it alone)."""
     p = project
     sid = ready(p, "Clicked this week, never bought", CLICKED_NEVER_BOUGHT)
-    p.send(track("x", "Clicked"), track("y", "Clicked"), track("y", "Bought"))
+    p.send(
+        track("x", "Clicked"), track("y", "Clicked"), track("y", "Bought"), track("v", "Clicked")
+    )
     p.send(track("z", "Viewed"))
-    x, y, z = p.customer("x"), p.customer("y"), p.customer("z")
+    x, y, z, v = p.customer("x"), p.customer("y"), p.customer("z"), p.customer("v")
+    p.send(track("v", "Bought"), track("v", "Clicked"))
     assert p.members(sid) == {x}
     timers = p.timers()
     assert x in timers
@@ -1809,7 +1813,13 @@ def test_new_events_that_cannot_change_a_membership_leave_it_unevaluated(
     p.send(track("x", "Bought"), track("z", "Clicked"))
     assert {x, z} <= set().union(*calls)
     assert p.members(sid) == {z}
-    assert p.changes(sid) == [(x, "entered"), (x, "exited"), (z, "entered")]
+    assert p.changes(sid) == [
+        (x, "entered"),
+        (v, "entered"),
+        (v, "exited"),
+        (x, "exited"),
+        (z, "entered"),
+    ]
 
 
 def test_a_round_evaluates_a_pair_that_its_chunks_move_both_ways(

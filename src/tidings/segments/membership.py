@@ -492,74 +492,96 @@ def affected(
     keeps: Keeps | None = None,
 ) -> dict[int, list[LiveSegment]]:
     """The segments to evaluate for each customer, given what changed (see `refresh`). Those
-    its new events can move one way only go to `keeps` as well, if given."""
-    by_facet: dict[Facet | str, list[int]] = defaultdict(list)
-    for i, s in enumerate(segments):
-        for f in s.facets:
-            by_facet[f].append(i)
+    its new events can move one way only go to `keeps` as well, if given.
+
+    A segment one of whose facets other than events changed can change either way. One that
+    only new events touch can change if one of its conditions counts one of them, the way of
+    those conditions if they share one (`evaluate.event_directions`), unless the profile
+    (in `base`, as the chunk left it) settles it whatever the events. Each condition is tested
+    once per customer, whatever the segments that share it."""
+    index = _index_of(segments)
     pairs: dict[int, list[LiveSegment]] = {}
     for cid, touched in changed.items():
         if EVERYTHING in touched:
             pairs[cid] = segments
             continue
-        candidates = map(
-            segments.__getitem__, sorted({i for f in touched for i in by_facet.get(f, ())})
-        )
         if events is None:
-            wanted = list(candidates)
-        else:
-            new = events.get(cid, {})
-            profile = base.get(cid) if base is not None else None
-            seen: dict[EventCond, bool] = {}
-            wanted = []
-            for s in candidates:
-                way = _counted(s, touched, new, seen, profile, now)
-                if way is None:
+            found = {i for f in touched for i in index.by_facet.get(f, ())}
+            if found:
+                pairs[cid] = [segments[i] for i in sorted(found)]
+            continue
+        either = {i for f in touched for i in index.profile.get(f, ())}
+        moved: dict[int, int] = {}  # segments only new events touch: the way they move them
+        for facet, rows in events.get(cid, {}).items():
+            for counted, ways in index.conditions.get(facet, ()):
+                for row in rows:
+                    if counted(row, now):
+                        break
+                else:
                     continue
-                wanted.append(s)
-                if way and keeps is not None:
-                    keeps[s.id, cid] = way > 0
-        if wanted:
-            pairs[cid] = wanted
+                for i, way in ways:
+                    if i not in either:
+                        had = moved.get(i, way)
+                        moved[i] = way if had == way else 0
+        if moved:
+            profile = base.get(cid) if base is not None else None
+            if profile is not None:
+                for i in [i for i in moved if segments[i].settles]:
+                    if segments[i].program.settled(profile, now) is not None:
+                        del moved[i]
+            if keeps is not None:
+                for i, way in moved.items():
+                    if way:
+                        keeps[segments[i].id, cid] = way > 0
+        if either or moved:
+            pairs[cid] = [segments[i] for i in sorted(either.union(moved))]
     return pairs
 
 
-def _counted(
-    s: LiveSegment,
-    touched: set[Facet | str],
-    new: dict[Facet, list[EventRow]],
-    seen: dict[EventCond, bool],
-    profile: Facts | None,
-    now: datetime,
-) -> int | None:
-    """Whether a change can affect the segment, and how: None if it cannot, 0 if it can either
-    way, 1 if it can only bring the customer in, -1 only take it out. It can when one of the
-    segment's facets other than events changed (either way), or when one of the new events (by
-    facet) is one of its event conditions counts (the way of those conditions, if they share
-    one: `evaluate.event_directions`), unless the profile (`profile`, as the chunk left it)
-    settles the segment whatever the events. `seen` remembers, for this customer, whether a
-    condition counts one of the new events."""
-    if not s.profile_facets.isdisjoint(touched):
-        return 0
-    way: int | None = None
-    for c, facet, counted, grows in s.events:
-        hit = seen.get(c)
-        if hit is None:
-            hit = False
-            for row in new.get(facet, ()):
-                if counted(row, now):
-                    hit = True
-                    break
-            seen[c] = hit
-        if hit:
-            way = grows if way is None or way == grows else 0
-            if not way:
-                break
-    if way is None:
-        return None
-    if profile is not None and s.settles and s.program.settled(profile, now) is not None:
-        return None
-    return way
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """Where a change leads in a list of segments (by position), for `affected`."""
+
+    by_facet: dict[Facet | str, tuple[int, ...]]  # the segments with a facet
+    profile: dict[Facet | str, tuple[int, ...]]  # the same for facets other than events, pages
+    # Per event facet, each condition on its events (once): its test of one event, and the
+    # segments that have it with the way it moves each (`evaluate.event_directions`).
+    conditions: dict[Facet, tuple[tuple[Counts, tuple[tuple[int, int], ...]], ...]]
+
+
+_indexes: dict[int, tuple[list[LiveSegment], _Index]] = {}
+
+
+def _index_of(segments: list[LiveSegment]) -> _Index:
+    """The `_Index` of a list of segments, kept while the list is (`live_segments` returns the
+    same list until the project's segments change)."""
+    known = _indexes.get(id(segments))
+    if known is not None and known[0] is segments:
+        return known[1]
+    by_facet: dict[Facet, list[int]] = defaultdict(list)
+    profile: dict[Facet, list[int]] = defaultdict(list)
+    tests: dict[EventCond, tuple[Facet, Counts]] = {}
+    ways: dict[EventCond, list[tuple[int, int]]] = defaultdict(list)
+    for i, s in enumerate(segments):
+        for f in s.facets:
+            by_facet[f].append(i)
+        for f in s.profile_facets:
+            profile[f].append(i)
+        for c, facet, counted, way in s.events:
+            tests[c] = (facet, counted)
+            ways[c].append((i, way))
+    conditions: dict[Facet, list[tuple[Counts, tuple[tuple[int, int], ...]]]] = defaultdict(list)
+    for c, (facet, counted) in tests.items():
+        conditions[facet].append((counted, tuple(ways[c])))
+    index = _Index(
+        {f: tuple(v) for f, v in by_facet.items()},
+        {f: tuple(v) for f, v in profile.items()},
+        {f: tuple(v) for f, v in conditions.items()},
+    )
+    if len(_indexes) > 64:
+        _indexes.clear()
+    _indexes[id(segments)] = (segments, index)
+    return index
 
 
 def evaluate_pairs(
