@@ -484,10 +484,9 @@ def growth(c: EventCond) -> int:
         within = c.recency[0] == "within_days"
         # The last only comes later, the first only earlier (or appears).
         return int(within) if c.op == "last_performed" else int(not within)
-    keys = {key for key, _ in c.count.bounds}
-    if keys <= {"gte", "gt"}:
+    if c.count.lower_only():
         way = 1
-    elif keys <= {"lte", "lt"}:
+    elif all(key in ("lte", "lt") for key, _ in c.count.bounds):
         way = -1
     else:
         return 0
